@@ -1,0 +1,186 @@
+"""The `tinykd` command line. User errors print a message with a fix (no traceback) and exit 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import TinyKDError
+
+DEFAULT_RECIPE = "default"
+
+
+def _default_recipe_path() -> Path:
+    return Path(str(resources.files("tinykd") / "recipes" / f"{DEFAULT_RECIPE}.yaml"))
+
+
+def cmd_run(args, console: Console) -> int:
+    from .pipeline import resume_recipe, run
+    from .recipe import load_recipe
+
+    if args.resume:
+        if args.recipe or args.overrides:
+            raise TinyKDError("--resume takes only the run directory", "drop the recipe and overrides: the run's saved recipe is used")
+        recipe = resume_recipe(args.resume)
+        result = run(recipe, run_dir=args.resume, resume=True, console=console, progress=not args.quiet)
+    else:
+        source = args.recipe
+        overrides = list(args.overrides)
+        if source and "=" in source and not Path(source).exists():
+            overrides.insert(0, source)  # `tinykd run a.b=c` overrides the default recipe
+            source = None
+        recipe = load_recipe(source or _default_recipe_path(), overrides)
+        if args.name:
+            recipe.name = args.name
+        result = run(recipe, console=console, progress=not args.quiet)
+    print_summary(result.metrics, console)
+    console.print(f"\nrun directory: {result.run_dir}")
+    if (result.run_dir / "report.html").is_file():
+        console.print(f"report: [bold green]{result.report}[/]")
+    return 0
+
+
+def print_summary(metrics: dict, console: Console) -> None:
+    """The summary table of a run (same rows as the report's)."""
+    from .report import format_bytes, format_count, summary_rows
+
+    table = Table(title="tinykd summary (test split)", title_justify="left")
+    for col in ("variant", "accuracy", "macro-F1", "agree w/ teacher", "params", "file", "MACs", "b1 latency", "b32 latency"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.2f}%"
+
+    def ms(v):
+        return "—" if v is None else f"{v:.3f} ms"
+    for r in summary_rows(metrics):
+        table.add_row(r["label"], pct(r["accuracy"]), "—" if r["macro_f1"] is None else f"{r['macro_f1']:.3f}",
+                      pct(r["agreement"]), format_count(r["params"]), format_bytes(r["file_bytes"]),
+                      format_count(r["macs"]), ms(r["latency_ms_b1"]), ms(r["latency_ms_b32"]))
+    console.print(table)
+    ratios = metrics.get("ratios", {})
+    if ratios.get("size_reduction"):
+        console.print(f"{ratios.get('compared', 'student vs teacher')}: {ratios['size_reduction']:.1f}× smaller file, "
+                      f"{ratios['macs_reduction']:.1f}× fewer MACs, {ratios['speedup_b1']:.1f}× lower batch-1 latency, "
+                      f"{100 * ratios['accuracy_retention']:.1f}% of the teacher's accuracy")
+
+
+def cmd_layers(args, console: Console) -> int:
+    from .distill.capture import list_layers
+    from .models import count_params, create_model
+
+    in_shape, num_classes = _shape_args(args)
+    model = create_model(args.model, num_classes=num_classes, in_shape=in_shape, **_kv(args.kw))
+    table = Table(title=f"{args.model}: input {in_shape}, {num_classes} classes, {count_params(model):,} parameters",
+                  title_justify="left")
+    table.add_column("path")
+    table.add_column("type")
+    table.add_column("output shape (batch 1)")
+    table.add_column("params", justify="right")
+    modules = dict(model.named_modules())
+    for path, kind, shape in list_layers(model, in_shape):
+        n = sum(p.numel() for p in modules[path].parameters())
+        table.add_row(path, kind, "—" if shape is None else str(tuple(shape)), f"{n:,}")
+    console.print(table)
+    return 0
+
+
+def _shape_args(args) -> tuple[tuple[int, ...], int]:
+    if args.in_shape:
+        try:
+            shape = tuple(int(s) for s in args.in_shape.split(","))
+        except ValueError:
+            raise TinyKDError(f"--in-shape '{args.in_shape}' is not a comma-separated list of integers",
+                              "write e.g. --in-shape 1,28,28") from None
+        return shape, args.num_classes or 10
+    from .data import load_dataset
+    bundle = load_dataset(args.dataset, limit=50)
+    return tuple(bundle.spec.shape), args.num_classes or bundle.spec.num_classes
+
+
+def _kv(items: list[str]) -> dict:
+    from .recipe import parse_override
+    out = {}
+    for text in items:
+        path, value = parse_override(text)
+        out[".".join(path)] = value
+    return out
+
+
+def cmd_methods(args, console: Console) -> int:
+    from .distill.losses import describe_losses
+
+    table = Table(title="loss terms (distill.losses[].name)", title_justify="left", show_lines=True)
+    for col in ("name", "what it does", "hyper-parameters (defaults)", "paper"):
+        table.add_column(col)
+    for row in describe_losses():
+        hp = ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "—"
+        table.add_row(row["name"], row["description"], hp, row["paper"])
+    console.print(table)
+    return 0
+
+
+def cmd_datasets(args, console: Console) -> int:
+    from .data import list_datasets
+    table = Table(title="datasets (data.name)", title_justify="left")
+    table.add_column("name")
+    table.add_column("description")
+    for name, desc in sorted(list_datasets().items()):
+        table.add_row(name, desc)
+    console.print(table)
+    return 0
+
+
+def cmd_models(args, console: Console) -> int:
+    from .models import list_models
+    table = Table(title="models (teacher.model / student.model)", title_justify="left")
+    table.add_column("name")
+    table.add_column("description")
+    for name, desc in sorted(list_models().items()):
+        table.add_row(name, desc)
+    console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tinykd", description="Distil, quantize and measure small models for edge hardware.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser("run", help="run a recipe (the bundled default when none is given)")
+    r.add_argument("recipe", nargs="?", help="path of a YAML recipe (default: the bundled MNIST-5k recipe)")
+    r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. student.train.epochs=3")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its directory")
+    r.add_argument("--name", help="name of the run (its folder under output_dir)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    r.set_defaults(func=cmd_run)
+    lay = sub.add_parser("layers", help="list a model's module paths with output shapes (for feature losses)")
+    lay.add_argument("model")
+    lay.add_argument("--dataset", default="mnist5k", help="take the input shape and classes from this dataset")
+    lay.add_argument("--in-shape", help="input shape without batch, e.g. 1,28,28 (overrides --dataset)")
+    lay.add_argument("--num-classes", type=int)
+    lay.add_argument("--kw", nargs="*", default=[], help="model kwargs, e.g. widths=[8,16] hidden=32")
+    lay.set_defaults(func=cmd_layers)
+    sub.add_parser("methods", help="list the distillation loss terms").set_defaults(func=cmd_methods)
+    sub.add_parser("datasets", help="list the registered datasets").set_defaults(func=cmd_datasets)
+    sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return args.func(args, console)
+    except TinyKDError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue with `tinykd run --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

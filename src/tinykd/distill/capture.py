@@ -1,0 +1,107 @@
+"""Forward hooks that record the outputs of submodules by path, so feature losses need no model changes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import TinyKDError, closest
+
+
+@dataclass
+class Outputs:
+    """What a loss term sees of one model on one batch: logits and captured features by module path."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict):
+        for v in out.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    return None
+
+
+def resolve_module(model: nn.Module, path: str, *, role: str = "model") -> nn.Module:
+    """The submodule at ``path`` ("layer1.0.conv1"); a TinyKDError listing close paths when absent."""
+    names = [n for n, _ in model.named_modules() if n]
+    if path not in names:
+        guess = closest(path, names)
+        hint = f"did you mean '{guess}'? " if guess else ""
+        raise TinyKDError(f"the {role} has no module at path '{path}'",
+                          f"{hint}run `tinykd layers MODEL` to list valid paths")
+    return model.get_submodule(path)
+
+
+class FeatureCapture:
+    """Context manager: while active, ``self.features[path]`` holds the latest output of each hooked module."""
+
+    def __init__(self, model: nn.Module, paths: list[str] | tuple[str, ...], *, role: str = "model"):
+        self.model = model
+        self.paths = list(dict.fromkeys(paths))
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles = []
+        self._modules = {p: resolve_module(model, p, role=role) for p in self.paths}
+
+    def _hook(self, path: str):
+        def record(_module, _inputs, output):
+            self.features[path] = _first_tensor(output)
+        return record
+
+    def __enter__(self) -> FeatureCapture:
+        self._handles = [m.register_forward_hook(self._hook(p)) for p, m in self._modules.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __call__(self, x: torch.Tensor) -> Outputs:
+        """Run the model on ``x`` and return its logits with the captured features."""
+        self.features = {}
+        logits = _first_tensor(self.model(x))
+        return Outputs(logits, dict(self.features))
+
+
+def forward_with_features(model: nn.Module, x: torch.Tensor, paths: list[str] | tuple[str, ...] = ()) -> Outputs:
+    """One forward pass recording the outputs of ``paths``."""
+    if not paths:
+        return Outputs(_first_tensor(model(x)))
+    with FeatureCapture(model, paths) as cap:
+        return cap(x)
+
+
+def list_layers(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[str, str, tuple[int, ...] | None]]:
+    """(path, module type, output shape for batch 1) of every named submodule, in execution order."""
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    order: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        def record(_m, _i, out, name=name):
+            t = _first_tensor(out)
+            shapes[name] = tuple(t.shape) if t is not None else None
+            order.append(name)
+        handles.append(module.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *in_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    types = dict(model.named_modules())
+    seen = list(dict.fromkeys(order))
+    unseen = [n for n in types if n and n not in shapes]
+    return [(n, type(types[n]).__name__, shapes.get(n)) for n in seen + unseen]

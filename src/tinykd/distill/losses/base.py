@@ -1,0 +1,96 @@
+"""The loss-term contract: ``term(student, teacher, batch) -> scalar``, registered by name with typed params."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from ...errors import RecipeError, closest, unknown_name
+from ..capture import Outputs
+
+
+@dataclass
+class Batch:
+    """One mini-batch: inputs, labels (-1 where a sample has no label) and dataset indices."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+
+
+class Params(BaseModel):
+    """Base of every term's hyper-parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LossTerm(nn.Module):
+    """A weighted piece of the training loss.
+
+    Subclasses set ``name``, ``description``, ``paper``, ``needs_teacher`` and a ``Params`` model, and
+    implement ``forward``. Trainable helpers (regressors, embeddings) are submodules of the term; the
+    trainer optimises them with the student and they are never exported. ``parts`` may hold named
+    sub-values of the last call for logging (e.g. the soft and hard halves of Hinton KD).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = True
+    Params: ClassVar[type[Params]] = Params
+
+    def __init__(self, params: Params):
+        super().__init__()
+        self.params = params
+        self.parts: dict[str, torch.Tensor] = {}
+
+    # Paths of submodules whose outputs the term needs, captured with forward hooks.
+    student_paths: tuple[str, ...] = ()
+    teacher_paths: tuple[str, ...] = ()
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+
+LOSSES: dict[str, type[LossTerm]] = {}
+
+
+def register_loss(cls: type[LossTerm]) -> type[LossTerm]:
+    """Class decorator adding a LossTerm to the registry under ``cls.name``."""
+    LOSSES[cls.name] = cls
+    return cls
+
+
+def build_loss(name: str, params: dict, *, where: str = "distill.losses") -> LossTerm:
+    """A LossTerm from its registry name and raw hyper-parameters, with recipe-style errors."""
+    if name not in LOSSES:
+        raise unknown_name("loss term", name, LOSSES, where=where)
+    cls = LOSSES[name]
+    try:
+        return cls(cls.Params.model_validate(params))
+    except ValidationError as err:
+        lines = []
+        valid = sorted(cls.Params.model_fields)
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                guess = closest(key, valid)
+                hint = f"did you mean '{guess}'? " if guess else ""
+                lines.append(f"{where}.{key}: unknown hyper-parameter of '{name}' ({hint}valid: {', '.join(valid) or 'none'})")
+            else:
+                lines.append(f"{where}.{key}: {e['msg']} (got {e.get('input')!r})")
+        raise RecipeError("invalid loss term:\n  " + "\n  ".join(lines),
+                          f"see `tinykd methods` for the hyper-parameters of '{name}'") from None
+
+
+def describe_losses() -> list[dict]:
+    """Name, description, paper and hyper-parameters (with defaults) of every registered term."""
+    rows = []
+    for name, cls in sorted(LOSSES.items()):
+        hp = {k: f.default for k, f in cls.Params.model_fields.items()}
+        rows.append({"name": name, "description": cls.description, "paper": cls.paper,
+                     "needs_teacher": cls.needs_teacher, "params": hp})
+    return rows

@@ -1,0 +1,255 @@
+"""The one training loop: every model tinykd trains (teacher, scratch student, distilled student) runs here.
+
+Per-term loss logging, validation each epoch, best and last checkpoints (safetensors + JSON of
+optimizer, scheduler and RNG state), exact resume, deterministic shuffling, and a NaN guard.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from ..data.spec import Split
+from ..errors import CheckpointError, TrainingError
+from ..inference import predict_logits
+from ..io import load_tensors, read_json, save_tensors, write_json
+from ..recipe import TrainConfig
+from .capture import FeatureCapture, Outputs
+from .losses.base import Batch, LossTerm
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    best_epoch: int
+    best_val_accuracy: float
+    out_dir: Path
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimizer step ``s``: linear warm-up, then the schedule."""
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "cosine":
+            progress = (step - warm) / max(1, total - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.schedule == "step":
+            return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+        return 1.0
+    return factor
+
+
+class Trainer:
+    """Trains ``model`` on a weighted sum of loss terms, optionally with a frozen ``teacher``."""
+
+    def __init__(self, model: nn.Module, terms: list[tuple[float, LossTerm]], cfg: TrainConfig, *,
+                 out_dir: Path, label: str, seed: int = 0, teacher: nn.Module | None = None,
+                 console: Console | None = None, progress: bool = True):
+        self.model, self.terms, self.cfg = model, terms, cfg
+        self.out_dir, self.label, self.seed = Path(out_dir), label, seed
+        self.teacher = teacher
+        self.console = console or Console(quiet=not progress)
+        self.progress = progress
+        needs_teacher = [t.name for _, t in terms if t.needs_teacher]
+        if needs_teacher and teacher is None:
+            raise TrainingError(f"loss terms {needs_teacher} need a teacher but none was given",
+                                "pass a teacher, or use only terms that need none (e.g. ce)")
+        self.helpers = nn.ModuleList([t for _, t in terms])
+        self.optimizer = make_optimizer(list(model.parameters()) + list(self.helpers.parameters()), cfg)
+        self.steps_per_epoch = 0
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.history: list[dict] = []
+        self.best = (0, -1.0)  # (epoch, val accuracy)
+
+    # ----- checkpoints -------------------------------------------------------------------------
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        out.update({f"helpers.{k}": v for k, v in self.helpers.state_dict().items()})
+        for idx, state in self.optimizer.state_dict()["state"].items():
+            out.update({f"optim.{idx}.{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)})
+        out["rng.torch"] = torch.get_rng_state()
+        return out
+
+    def _save(self, epoch: int, finished: bool) -> None:
+        opt = self.optimizer.state_dict()
+        scalars = {str(i): {k: v for k, v in s.items() if not isinstance(v, torch.Tensor)} for i, s in opt["state"].items()}
+        save_tensors(self.out_dir / "last.safetensors", self._tensors())
+        write_json(self.out_dir / "last.json", {
+            "label": self.label, "epoch": epoch, "finished": finished, "best_epoch": self.best[0],
+            "best_val_accuracy": self.best[1], "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "rng_python": list(random.getstate()[1]), "history": self.history,
+        })
+
+    def _save_best(self) -> None:
+        save_tensors(self.out_dir / "best.safetensors", {k: v for k, v in self.model.state_dict().items()})
+
+    def _restore(self, state: dict) -> int:
+        tensors = load_tensors(self.out_dir / "last.safetensors")
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.helpers.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("helpers.")})
+        opt_state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = value
+        for idx, scalars in state["optimizer"]["scalars"].items():
+            opt_state.setdefault(int(idx), {}).update(scalars)
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        random.setstate((3, tuple(state["rng_python"]), None))
+        self.history = state["history"]
+        self.best = (state["best_epoch"], state["best_val_accuracy"])
+        return int(state["epoch"])
+
+    def load_best(self) -> None:
+        self.model.load_state_dict(load_tensors(self.out_dir / "best.safetensors"))
+
+    # ----- training ----------------------------------------------------------------------------
+    def fit(self, train: Split, val: Split) -> TrainResult:
+        """Train for the configured epochs (resuming from ``out_dir/last.*`` if present); loads the best weights."""
+        cfg = self.cfg
+        self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.steps_per_epoch))
+        start = 0
+        state_path = self.out_dir / "last.json"
+        if state_path.is_file():
+            state = read_json(state_path)
+            if state.get("finished"):
+                self.history = state["history"]
+                self.best = (state["best_epoch"], state["best_val_accuracy"])
+                self.load_best()
+                self.console.print(f"[dim]{self.label}: already trained ({len(self.history)} epochs), reusing checkpoint[/]")
+                return TrainResult(self.history, *self.best, self.out_dir)
+            start = self._restore(state)
+            self.console.print(f"[yellow]{self.label}: resuming after epoch {start}/{cfg.epochs}[/]")
+        else:
+            torch.manual_seed(self.seed)
+            random.seed(self.seed)
+
+        s_paths = sorted({p for _, t in self.terms for p in t.student_paths})
+        t_paths = sorted({p for _, t in self.terms for p in t.teacher_paths})
+        with ExitStack() as stack:
+            s_run = stack.enter_context(FeatureCapture(self.model, s_paths, role="student"))
+            t_run = stack.enter_context(FeatureCapture(self.teacher, t_paths, role="teacher")) if self.teacher else None
+            for epoch in range(start + 1, cfg.epochs + 1):
+                row = self._epoch(epoch, train, s_run, t_run)
+                row.update(self._validate(val))
+                self.history.append(row)
+                if len(val) == 0 or row["val_accuracy"] > self.best[1]:
+                    self.best = (epoch, row["val_accuracy"] if len(val) else float("nan"))
+                    self._save_best()
+                self._save(epoch, finished=epoch == cfg.epochs)
+                self._log(row)
+        if not (self.out_dir / "best.safetensors").is_file():
+            raise CheckpointError(f"{self.label}: no best checkpoint in {self.out_dir}", "delete the folder and rerun")
+        self.load_best()
+        return TrainResult(self.history, *self.best, self.out_dir)
+
+    def _epoch(self, epoch: int, train: Split, s_run: FeatureCapture, t_run: FeatureCapture | None) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        self.helpers.train()
+        if self.teacher is not None:
+            self.teacher.eval()
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(train), generator=g)
+        sums: dict[str, float] = {}
+        seen = 0
+        t0 = time.perf_counter()
+        with self._bar(f"{self.label} epoch {epoch}/{cfg.epochs}", self.steps_per_epoch) as (bar, task):
+            for step in range(self.steps_per_epoch):
+                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                batch = Batch(train.x[idx], train.y[idx], idx)
+                student = s_run(batch.x)
+                teacher = None
+                if t_run is not None:
+                    with torch.no_grad():
+                        teacher = t_run(batch.x)
+                loss, parts = self._loss(student, teacher, batch, epoch, step)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(list(self.model.parameters()) + list(self.helpers.parameters()), cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                n = len(idx)
+                seen += n
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v * n
+                bar.update(task, advance=1, description=f"{self.label} epoch {epoch}/{cfg.epochs} loss {parts['train_loss']:.4f}")
+        row = {"model": self.label, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update({k: v / seen for k, v in sums.items()})
+        row["seconds"] = time.perf_counter() - t0
+        return row
+
+    def _loss(self, student: Outputs, teacher: Outputs | None, batch: Batch, epoch: int, step: int):
+        total = student.logits.new_zeros(())
+        parts: dict[str, float] = {}
+        for weight, term in self.terms:
+            value = term(student, teacher, batch)
+            if not torch.isfinite(value):
+                raise TrainingError(
+                    f"{self.label}: loss term '{term.name}' became {value.item()} at epoch {epoch}, step {step + 1}; "
+                    f"the last good checkpoint is {self.out_dir / 'last.safetensors'} (epoch {epoch - 1})",
+                    "lower the learning rate (e.g. train.lr), add train.grad_clip, or check the inputs for NaN/inf")
+            total = total + weight * value
+            parts[f"loss/{term.name}"] = float(value.detach())
+            for k, v in term.parts.items():
+                parts[f"loss/{term.name}.{k}"] = float(v)
+        parts["train_loss"] = float(total.detach())
+        return total, parts
+
+    def _validate(self, val: Split) -> dict:
+        if len(val) == 0:
+            return {"val_accuracy": float("nan"), "val_loss": float("nan")}
+        logits = predict_logits(self.model, val.x)
+        return {"val_accuracy": (logits.argmax(1) == val.y).float().mean().item(),
+                "val_loss": F.cross_entropy(logits, val.y).item()}
+
+    def _bar(self, description: str, total: int):
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=self.console, transient=True,
+                            disable=not (self.progress and self.console.is_terminal))
+        return _BarContext(progress, description, total)
+
+    def _log(self, row: dict) -> None:
+        terms = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss/"))
+        self.console.print(f"{self.label:>16} epoch {row['epoch']:>3}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
+                           f"({terms})  val acc {100 * row['val_accuracy']:.2f}%  {row['seconds']:.1f}s")
+
+
+class _BarContext:
+    def __init__(self, progress: Progress, description: str, total: int):
+        self.progress, self.description, self.total = progress, description, total
+
+    def __enter__(self):
+        self.progress.start()
+        return self.progress, self.progress.add_task(self.description, total=self.total)
+
+    def __exit__(self, *exc):
+        self.progress.stop()

@@ -1,0 +1,262 @@
+"""A recipe: every setting of a run, validated. YAML in (``yaml.safe_load``), dotted overrides on top.
+
+Unknown keys, wrong types and missing files become a RecipeError that names the field, says what was
+expected and suggests a fix (the closest valid key for a typo). No code named in a recipe is executed:
+custom models enter through the Python API.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import RecipeError, closest
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which dataset, where its files are, and how it is split."""
+
+    name: str = "mnist5k"
+    path: str | None = None
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    normalize: bool = True
+    limit: int | None = Field(None, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Section):
+    """Optimizer, schedule and budget of one training run."""
+
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_size: int = Field(30, ge=1)
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class ModelConfig(_Section):
+    """A model from the registry; a teacher may come from a safetensors checkpoint instead of training."""
+
+    model: str = "cnn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class LossSpec(BaseModel):
+    """One weighted loss term; its own hyper-parameters are checked by the term itself."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = 1.0
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DistillConfig(_Section):
+    """The loss terms of distillation, and whether to train the from-scratch baseline."""
+
+    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd", temperature=4.0, alpha=0.9)])
+    scratch_baseline: bool = True
+
+    @field_validator("losses")
+    @classmethod
+    def _not_empty(cls, v: list[LossSpec]) -> list[LossSpec]:
+        if not v:
+            raise ValueError("needs at least one loss term, e.g. [{name: kd, temperature: 4, alpha: 0.9}]")
+        return v
+
+
+class QuantizeConfig(_Section):
+    """Post-training static int8 quantization with ONNX Runtime (QDQ)."""
+
+    enabled: bool = True
+    per_channel: bool = True
+    calibration_samples: int = Field(512, ge=1)
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    activation_type: Literal["uint8", "int8"] = "uint8"
+
+
+class ExportConfig(_Section):
+    """Which artifacts to write under ``artifacts/``."""
+
+    onnx: bool = True
+    opset: int = Field(18, ge=13)
+
+
+class MeasureConfig(_Section):
+    """Latency harness: threads, warm-up and repeats per batch size."""
+
+    threads: int = Field(1, ge=1)
+    warmup: int = Field(10, ge=0)
+    repeats: int = Field(100, ge=5)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _has_one(cls, v: list[int]) -> list[int]:
+        if 1 not in v or any(b < 1 for b in v):
+            raise ValueError("must contain 1 (batch-1 latency is always reported) and only positive sizes")
+        return v
+
+
+class ReportConfig(_Section):
+    enabled: bool = True
+
+
+class Recipe(_Section):
+    """Every setting of one tinykd run."""
+
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: ModelConfig = Field(default_factory=ModelConfig)
+    student: ModelConfig = Field(default_factory=ModelConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    base_dir: str | None = Field(None, exclude=True)  # folder of the recipe file, for relative paths
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` (for suggesting a key)."""
+    model: type[BaseModel] | None = Recipe
+    for part in loc[:-1]:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def _explain(err: ValidationError, source: str) -> RecipeError:
+    lines = []
+    for e in err.errors():
+        where = _loc(e["loc"])
+        if e["type"] == "extra_forbidden":
+            owner = _section_model(e["loc"])
+            key = str(e["loc"][-1])
+            valid = sorted(k for k in (owner.model_fields if owner else {}) if k != "base_dir")
+            guess = closest(key, valid)
+            hint = f"did you mean '{guess}'? " if guess else ""
+            lines.append(f"{where}: unknown key '{key}' ({hint}valid keys: {', '.join(valid)})")
+        elif e["type"] == "missing":
+            lines.append(f"{where}: required field is missing")
+        else:
+            got = e.get("input")
+            lines.append(f"{where}: {e['msg']} (got {got!r})")
+    return RecipeError(f"invalid recipe {source}:\n  " + "\n  ".join(lines),
+                       "edit the recipe (or the override) at the field named above")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (["a", "b", "c"], value parsed as YAML, so 3 → int, [1,2] → list)."""
+    if "=" not in text:
+        raise RecipeError(f"override '{text}' has no '='", "write overrides as key.path=value, e.g. student.train.epochs=3")
+    key, _, raw = text.partition("=")
+    if not key.strip():
+        raise RecipeError(f"override '{text}' has an empty key", "write overrides as key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"override '{text}': value is not valid YAML ({exc.problem})", "quote the value") from None
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    """Set ``data[path...] = value``, creating sections; list items are addressed by index."""
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            idx = _index(part, node, path[: i + 1])
+            node = node[idx]
+            continue
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise RecipeError(f"override {'.'.join(path)}: '{'.'.join(path[: i + 1])}' is a value, not a section",
+                              "override the value itself, not a key below it")
+    last = path[-1]
+    if isinstance(node, list):
+        node[_index(last, node, path)] = value
+    else:
+        node[last] = value
+
+
+def _index(part: str, node: list, path: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError(f"override {'.'.join(path)}: '{part}' is not an index of a list of {len(node)} items",
+                          f"use an index from 0 to {len(node) - 1}")
+    return int(part)
+
+
+def _validate(data: dict, name: str) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise _explain(err, name) from None
+
+
+def load_recipe(source: str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """A validated Recipe from a YAML file, a dict, or None (the defaults), with dotted overrides applied."""
+    base_dir = None
+    name = "defaults"
+    if source is None:
+        data: dict = {}
+    elif isinstance(source, dict):
+        data, name = dict(source), "given as a dict"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise RecipeError(f"recipe file '{path}' does not exist",
+                              "pass the path of a YAML recipe, e.g. recipes/mnist.yaml (see `ls recipes/`)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise RecipeError(f"recipe '{path}' is not valid YAML{at}: {getattr(exc, 'problem', exc)}",
+                              "fix the YAML syntax (indentation, colons, quotes); tags like !!python are refused") from None
+        if not isinstance(data, dict):
+            raise RecipeError(f"recipe '{path}' must be a mapping of sections, got {type(data).__name__}",
+                              "start the file with keys such as 'name:', 'data:', 'teacher:', 'student:'")
+        base_dir, name = str(path.resolve().parent), f"'{path}'"
+    recipe = _validate(data, name)
+    if overrides:
+        # Overrides address the resolved recipe, so defaults (e.g. distill.losses.0) can be overridden too.
+        resolved = recipe.model_dump(mode="json")
+        for text in overrides:
+            apply_override(resolved, *parse_override(text))
+        recipe = _validate(resolved, f"{name} with overrides {' '.join(overrides)}")
+    recipe.base_dir = base_dir
+    return recipe

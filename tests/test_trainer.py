@@ -1,0 +1,128 @@
+"""The training loop: exact resume, NaN guard, checkpoints that never run code."""
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from tinykd.data.spec import Split
+from tinykd.distill.losses import build_loss
+from tinykd.distill.trainer import Trainer
+from tinykd.errors import CheckpointError, TrainingError
+from tinykd.io import load_state_dict, load_weights, save_tensors
+from tinykd.recipe import TrainConfig
+
+
+def _data(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 4, 4, generator=g)
+    y = (x.flatten(1).sum(1) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long()
+    cut = n * 4 // 5
+    return Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:])
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 4))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    train, val = _data()
+    teacher = _mlp()
+    Trainer(teacher, [(1.0, build_loss("ce", {}))], TrainConfig(epochs=3, batch_size=32), out_dir=tmp_path / "t",
+            label="teacher", progress=False).fit(train, val)
+    teacher.eval()
+    cfg = TrainConfig(epochs=4, batch_size=32, optimizer="sgd", lr=0.05, warmup_epochs=1)
+
+    def kd():
+        return [(1.0, build_loss("kd", {"temperature": 4.0}))]
+    full = _mlp()
+    ref = Trainer(full, kd(), cfg, out_dir=tmp_path / "full", label="s", teacher=teacher, progress=False).fit(train, val)
+
+    part = _mlp()
+    tr = Trainer(part, kd(), cfg, out_dir=tmp_path / "part", label="s", teacher=teacher, progress=False)
+    log = tr._log
+
+    def stop_after_two(row):
+        log(row)
+        if row["epoch"] == 2:
+            raise _Interrupt
+    tr._log = stop_after_two
+    with pytest.raises(_Interrupt):
+        tr.fit(train, val)
+    resumed = _mlp()
+    res = Trainer(resumed, kd(), cfg, out_dir=tmp_path / "part", label="s", teacher=teacher, progress=False).fit(train, val)
+
+    assert [r["epoch"] for r in res.history] == [1, 2, 3, 4]
+    for a, b in zip(ref.history, res.history):
+        assert a["train_loss"] == b["train_loss"] and a["val_accuracy"] == b["val_accuracy"]
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    # A finished run is reused, not retrained.
+    again = Trainer(_mlp(), kd(), cfg, out_dir=tmp_path / "part", label="s", teacher=teacher, progress=False).fit(train, val)
+    assert again.history == res.history
+
+
+def test_training_learns(tmp_path):
+    train, val = _data(600)
+    model = _mlp()
+    res = Trainer(model, [(1.0, build_loss("ce", {}))], TrainConfig(epochs=10, batch_size=32, lr=0.01), out_dir=tmp_path,
+                  label="m", progress=False).fit(train, val)
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    assert res.best_val_accuracy > 0.6  # 4 balanced-ish classes: chance is ~0.25
+
+
+def test_nan_guard_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    train, val = _data()
+    model = _mlp()
+    poisoned = Split(train.x.clone(), train.y)
+    tr = Trainer(model, [(1.0, build_loss("ce", {}))], TrainConfig(epochs=3, batch_size=32), out_dir=tmp_path,
+                 label="m", progress=False)
+    orig_epoch = tr._epoch
+
+    def epoch(e, data, s, t):
+        if e == 2:
+            poisoned.x[:] = float("nan")
+        return orig_epoch(e, poisoned, s, t)
+    tr._epoch = epoch
+    with pytest.raises(TrainingError, match=r"loss term 'ce' became nan at epoch 2, step 1.*epoch 1\)") as info:
+        tr.fit(train, val)
+    assert "lower the learning rate" in str(info.value)
+    assert (tmp_path / "last.safetensors").is_file() and (tmp_path / "best.safetensors").is_file()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_checkpoint_loading_refuses_code_and_explains_mismatch(tmp_path):
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"w": _Evil()}, f)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_state_dict(evil)
+    good = tmp_path / "w.pt"
+    torch.save(_mlp().state_dict(), good)
+    state = load_state_dict(good)
+    load_weights(_mlp(), state, source="w.pt")
+    st = tmp_path / "w.safetensors"
+    save_tensors(st, state)
+    wrong = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 4))
+    with pytest.raises(CheckpointError, match=r"3 shape mismatches \(e\.g\. 1\.bias: checkpoint \(32,\) vs model \(8,\)"):
+        load_weights(wrong, load_state_dict(st), source=str(st))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_state_dict(tmp_path / "junk.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_state_dict(tmp_path / "nope.safetensors")
+
+
+def test_teacher_needed_by_kd(tmp_path):
+    with pytest.raises(TrainingError, match="need a teacher"):
+        Trainer(_mlp(), [(1.0, build_loss("kd", {}))], TrainConfig(), out_dir=tmp_path, label="s", progress=False)
