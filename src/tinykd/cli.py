@@ -22,11 +22,13 @@ def cmd_run(args, console: Console) -> int:
     from .pipeline import resume_recipe, run
     from .recipe import load_recipe
 
+    stage_console = Console(quiet=True) if args.quiet else console
+
     if args.resume:
         if args.recipe or args.overrides:
             raise TinyKDError("--resume takes only the run directory", "drop the recipe and overrides: the run's saved recipe is used")
         recipe = resume_recipe(args.resume)
-        result = run(recipe, run_dir=args.resume, resume=True, console=console, progress=not args.quiet)
+        result = run(recipe, run_dir=args.resume, resume=True, console=stage_console, progress=not args.quiet)
     else:
         source = args.recipe
         overrides = list(args.overrides)
@@ -36,7 +38,7 @@ def cmd_run(args, console: Console) -> int:
         recipe = load_recipe(source or _default_recipe_path(), overrides)
         if args.name:
             recipe.name = args.name
-        result = run(recipe, console=console, progress=not args.quiet)
+        result = run(recipe, console=stage_console, progress=not args.quiet)
     print_summary(result.metrics, console)
     console.print(f"\nrun directory: {result.run_dir}")
     if (result.run_dir / "report.html").is_file():
@@ -58,7 +60,7 @@ def print_summary(metrics: dict, console: Console) -> None:
     def ms(v):
         return "—" if v is None else f"{v:.3f} ms"
     for r in summary_rows(metrics):
-        table.add_row(r["label"], pct(r["accuracy"]), "—" if r["macro_f1"] is None else f"{r['macro_f1']:.3f}",
+        table.add_row(r["variant"], pct(r["accuracy"]), "—" if r["macro_f1"] is None else f"{r['macro_f1']:.3f}",
                       pct(r["agreement"]), format_count(r["params"]), format_bytes(r["file_bytes"]),
                       format_count(r["macs"]), ms(r["latency_ms_b1"]), ms(r["latency_ms_b32"]))
     console.print(table)
@@ -171,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=140)
     try:
         return args.func(args, console)
     except TinyKDError as err:

@@ -1,0 +1,136 @@
+"""``load_dataset``: resolve the path, run the registered reader, then split, limit, normalize and wrap.
+
+All randomness comes from one ``numpy.random.default_rng(seed)``, used in a fixed order (test split,
+val split, then limits), so the same arguments always give the same bundle.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tinykd.data.registry import DatasetEntry, RawData, check_options, get_dataset
+from tinykd.data.spec import DataBundle, Split
+from tinykd.data.splits import Arrays, limit_split, standardize, stratified_split
+from tinykd.errors import DataError
+
+
+def resolve_path(path: str | Path, base_dir: str | Path | None = None) -> Path:
+    """An existing path: as given if absolute, else relative to the working directory, then to ``base_dir``."""
+    given = Path(path).expanduser()
+    tried = [given if given.is_absolute() else Path.cwd() / given]
+    if base_dir is not None and not given.is_absolute():
+        tried.append(Path(base_dir).expanduser() / given)
+    for candidate in tried:
+        if candidate.exists():
+            return candidate.resolve()
+    raise DataError(f"data path '{path}' not found; tried {' and '.join(str(t) for t in tried)}",
+                    "check the spelling, or give an absolute path, or a path relative to the recipe file's folder")
+
+
+def _check_settings(seed: int, val_fraction: float, test_fraction: float, limit: int | None) -> None:
+    """Reject a seed that is not a non-negative integer, fractions outside [0, 1) and a non-positive limit."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"seed must be a non-negative integer, got {seed!r}", "set seed to e.g. 0")
+    for label, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise DataError(f"{label} must be a number in [0, 1), got {value!r}", f"set {label} to e.g. 0.1")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(f"limit must be a positive integer, got {limit!r}",
+                        "set limit to e.g. 1000, or leave it out")
+
+
+def _run_reader(entry: DatasetEntry, path: str | None, base_dir: str | None,
+                options: dict[str, Any]) -> tuple[RawData, Path | None]:
+    """Call the dataset function with its resolved path (if it needs one) and options."""
+    if not entry.needs_path:
+        if path is not None:
+            raise DataError(f"dataset '{entry.name}' is bundled and takes no path", "remove 'path'")
+        return entry.fn(**options), None
+    if path is None:
+        raise DataError(f"dataset '{entry.name}' needs a path to its files",
+                        f"set 'path' to the {entry.name} data (a file or folder); {entry.description}")
+    resolved = resolve_path(path, base_dir)
+    return entry.fn(resolved, **options), resolved
+
+
+def _arrays(x: np.ndarray, y: np.ndarray, raw: RawData, split: str) -> Arrays:
+    """Writable float32 inputs and int64 labels of one split, checked against the spec."""
+    x = np.asarray(x, dtype=np.float32)
+    if not (x.flags.writeable and x.flags.c_contiguous):  # standardize() works in place
+        x = np.array(x, order="C")
+    y = np.asarray(y)
+    spec = raw.spec
+    if x.shape[1:] != tuple(spec.shape) or len(x) != len(y):
+        raise DataError(f"{split} split has inputs {x.shape} and labels {y.shape}; expected (N, "
+                        f"{', '.join(map(str, spec.shape))}) inputs and N labels",
+                        "make every sample the same shape and give exactly one label per sample")
+    if len(y) and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= spec.num_classes):
+        raise DataError(f"{split} labels must be integers in 0..{spec.num_classes - 1}, "
+                        f"got {y.dtype} values {y.min()}..{y.max()}",
+                        "store class indices as integer labels starting at 0")
+    if not np.isfinite(x).all():
+        raise DataError(f"{split} inputs hold {np.count_nonzero(~np.isfinite(x))} NaN/inf values",
+                        "remove or fill in the missing values in the data files")
+    return x, y.astype(np.int64, copy=False)
+
+
+def _make_splits(raw: RawData, rng: np.random.Generator, val_fraction: float,
+                 test_fraction: float) -> tuple[dict[str, Arrays], dict[str, str]]:
+    """Train/val/test arrays, using the source's own test/val splits and stratified splits otherwise."""
+    train = _arrays(raw.x, raw.y, raw, "train")
+    made = {"test": "predefined", "val": "predefined"}
+    if raw.x_test is not None:
+        test = _arrays(raw.x_test, raw.y_test, raw, "test")
+    else:
+        train, test = stratified_split(*train, test_fraction, rng)
+        made["test"] = f"stratified {test_fraction} of the source's train data"
+    if raw.x_val is not None:
+        val = _arrays(raw.x_val, raw.y_val, raw, "val")
+    else:
+        train, val = stratified_split(*train, val_fraction, rng)
+        made["val"] = f"stratified {val_fraction} of train"
+    if len(train[1]) == 0:
+        raise DataError("no training samples left after splitting",
+                        "lower val_fraction/test_fraction or add data")
+    return {"train": train, "val": val, "test": test}, made
+
+
+def _options_info(entry: DatasetEntry, options: dict[str, Any]) -> dict[str, Any]:
+    """The reader options in effect (defaults filled in), with paths as strings for JSON reports."""
+    merged = {**entry.defaults(), **options}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in merged.items()}
+
+
+def _resolve_path_options(options: dict[str, Any], base_dir: str | None) -> dict[str, Any]:
+    """Resolve every option named ``*_path`` (e.g. csv ``test_path``) like ``path`` itself."""
+    return {k: resolve_path(v, base_dir) if k.endswith("_path") and v is not None else v
+            for k, v in options.items()}
+
+
+def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fraction: float = 0.1,
+                 test_fraction: float = 0.2, normalize: bool = True, limit: int | None = None,
+                 base_dir: str | None = None, **options: Any) -> DataBundle:
+    """Load dataset ``name`` as seed-deterministic, stratified train/val/test splits (float32 x, int64 y).
+
+    ``path`` (and any ``*_path`` option) is tried relative to the working directory, then to
+    ``base_dir`` (the recipe's folder). ``limit`` caps each split; ``normalize`` standardizes all
+    splits with the train split's scalar mean/std. ``options`` are the dataset's own options.
+    """
+    entry = get_dataset(name)
+    check_options(entry, options)
+    _check_settings(seed, val_fraction, test_fraction, limit)
+    raw, resolved = _run_reader(entry, path, base_dir, _resolve_path_options(options, base_dir))
+    rng = np.random.default_rng(seed)
+    splits, made = _make_splits(raw, rng, val_fraction, test_fraction)
+    if limit is not None:
+        splits = {k: limit_split(*v, limit, rng) for k, v in splits.items()}
+    norm = standardize(splits) if normalize else None
+    info = {"dataset": name, "path": str(resolved) if resolved else None, **raw.info,
+            "options": _options_info(entry, options), "seed": seed, "splits": made, "limit": limit,
+            "sizes": {k: len(v[1]) for k, v in splits.items()}, "normalize": norm}
+    bundle_name = f"{name}:{resolved.name}" if resolved else name
+    tensors = {k: Split(torch.from_numpy(x), torch.from_numpy(y)) for k, (x, y) in splits.items()}
+    return DataBundle(name=bundle_name, spec=raw.spec, info=info, **tensors)
