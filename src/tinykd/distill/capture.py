@@ -71,11 +71,12 @@ class FeatureCapture:
         return Outputs(logits, dict(self.features))
 
 
-def forward_with_features(model: nn.Module, x: torch.Tensor, paths: list[str] | tuple[str, ...] = ()) -> Outputs:
-    """One forward pass recording the outputs of ``paths``."""
+def forward_with_features(model: nn.Module, x: torch.Tensor, paths: list[str] | tuple[str, ...] = (), *,
+                          role: str = "model") -> Outputs:
+    """One forward pass recording the outputs of ``paths`` (in the model's current train/eval mode)."""
     if not paths:
         return Outputs(_first_tensor(model(x)))
-    with FeatureCapture(model, paths) as cap:
+    with FeatureCapture(model, paths, role=role) as cap:
         return cap(x)
 
 

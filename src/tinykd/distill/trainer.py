@@ -24,8 +24,8 @@ from ..errors import CheckpointError, TrainingError
 from ..inference import predict_logits
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..recipe import TrainConfig
-from .capture import FeatureCapture, Outputs
-from .losses.base import Batch, LossTerm
+from .capture import FeatureCapture, Outputs, forward_with_features
+from .losses.base import Batch, LossTerm, SetupContext
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Trainer:
             raise TrainingError(f"loss terms {needs_teacher} need a teacher but none was given",
                                 "pass a teacher, or use only terms that need none (e.g. ce)")
         self.helpers = nn.ModuleList([t for _, t in terms])
-        self.optimizer = make_optimizer(list(model.parameters()) + list(self.helpers.parameters()), cfg)
+        self.optimizer: torch.optim.Optimizer | None = None
         self.steps_per_epoch = 0
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.history: list[dict] = []
@@ -133,6 +133,8 @@ class Trainer:
     def fit(self, train: Split, val: Split) -> TrainResult:
         """Train for the configured epochs (resuming from ``out_dir/last.*`` if present); loads the best weights."""
         cfg = self.cfg
+        self._setup_terms(train)
+        self.optimizer = make_optimizer(list(self.model.parameters()) + list(self.helpers.parameters()), cfg)
         self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.steps_per_epoch))
         start = 0
@@ -170,6 +172,21 @@ class Trainer:
         self.load_best()
         return TrainResult(self.history, *self.best, self.out_dir)
 
+    def _setup_terms(self, train: Split) -> None:
+        """Let each term build its helpers from example outputs, with the same seed every time (so resume
+        rebuilds identical helpers before their weights are restored)."""
+        torch.manual_seed(self.seed + 17)
+        idx = torch.arange(min(len(train), 8))
+        batch = Batch(train.x[idx], train.y[idx], idx)
+        num_classes = int(train.y.max().item()) + 1 if len(train) else 0
+        self.model.eval()  # no BatchNorm statistics are updated by the example pass
+        for _, term in self.terms:
+            with torch.no_grad():
+                s_out = forward_with_features(self.model, batch.x, term.student_paths, role="student")
+                t_out = (forward_with_features(self.teacher, batch.x, term.teacher_paths, role="teacher")
+                         if self.teacher is not None else None)
+            term.setup(SetupContext(self.model, self.teacher, s_out, t_out, batch, len(train), num_classes))
+
     def _epoch(self, epoch: int, train: Split, s_run: FeatureCapture, t_run: FeatureCapture | None) -> dict:
         cfg = self.cfg
         self.model.train()
@@ -178,6 +195,8 @@ class Trainer:
             self.teacher.eval()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(train), generator=g)
+        for _, term in self.terms:
+            term.start_epoch(epoch, cfg.epochs)
         sums: dict[str, float] = {}
         seen = 0
         t0 = time.perf_counter()

@@ -21,6 +21,20 @@ class Batch:
     index: torch.Tensor
 
 
+@dataclass
+class SetupContext:
+    """What a term may need to build its helpers: both models, example outputs (with the term's captured
+    features, computed without gradients on a few training samples), and the size of the training set."""
+
+    student: nn.Module
+    teacher: nn.Module | None
+    student_example: Outputs
+    teacher_example: Outputs | None
+    batch: Batch
+    num_train: int
+    num_classes: int
+
+
 class Params(BaseModel):
     """Base of every term's hyper-parameters: unknown keys are errors."""
 
@@ -50,6 +64,12 @@ class LossTerm(nn.Module):
     # Paths of submodules whose outputs the term needs, captured with forward hooks.
     student_paths: tuple[str, ...] = ()
     teacher_paths: tuple[str, ...] = ()
+
+    def setup(self, ctx: SetupContext) -> None:
+        """Called once before training, before the optimizer exists: build helpers from captured shapes here."""
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called at the start of every epoch (1-based), e.g. for temperature curricula or two-stage schedules."""
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
         raise NotImplementedError

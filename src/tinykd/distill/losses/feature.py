@@ -1,0 +1,1 @@
+"""Feature-based terms: the student mimics intermediate representations of the teacher."""
