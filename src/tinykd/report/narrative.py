@@ -1,0 +1,112 @@
+"""The "what this run shows" paragraph, generated from the numbers (plain text; the page escapes it)."""
+from __future__ import annotations
+
+from .summary import claimed_ranges, compared_variant, format_factor, variant_metric, variant_noun
+
+
+def _pct(fraction: float) -> str:
+    """``0.9827`` -> ``98.3 %``."""
+    return f"{100 * fraction:.1f} %"
+
+
+def _signed(points: float) -> str:
+    """A signed number with a typographic minus: ``+1.9``, ``−3.9``."""
+    return f"{points:+.1f}".replace("-", "−")
+
+
+def _accuracy(metrics: dict, variant: str) -> float | None:
+    """Test accuracy of a variant, None when missing."""
+    return variant_metric(metrics, variant, "accuracy")
+
+
+def _times(factor: float, better: str, worse: str) -> str:
+    """``9.1× faster`` for factors of at least 1, ``1.3× slower`` below."""
+    return f"{format_factor(factor)} {better}" if factor >= 1 else f"{format_factor(1 / factor)} {worse}"
+
+
+def _join(parts: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def verdict(value: float, claim: tuple[float, float]) -> str:
+    """``within``, ``above`` or ``below`` the claimed range."""
+    low, high = claim
+    return "below" if value < low else "above" if value > high else "within"
+
+
+def headline(metrics: dict) -> str:
+    """How much smaller, cheaper and faster the compared (int8) student is, and how much accuracy it keeps."""
+    ratios = metrics.get("ratios") or {}
+    final = compared_variant(metrics)
+    templates = (("size_reduction", "is {} than the teacher", "smaller", "larger"),
+                 ("speedup_b1", "runs {} at batch 1", "faster", "slower"),
+                 ("macs_reduction", "needs {} multiply-accumulates", "fewer", "more"))
+    clauses = [text.format(_times(ratios[key], better, worse)) for key, text, better, worse in templates
+               if ratios.get(key)]
+    retention = ratios.get("accuracy_retention")
+    if retention is not None:
+        teacher, student = _accuracy(metrics, "teacher"), _accuracy(metrics, final)
+        detail = f" ({_pct(teacher)} → {_pct(student)})" if teacher is not None and student is not None else ""
+        clauses.append(f"keeps {_pct(retention)} of the teacher's accuracy{detail}")
+    if not clauses:
+        return f"The {variant_noun(metrics, final)} could not be compared with the teacher: no ratios were measured."
+    return f"The {variant_noun(metrics, final)} {_join(clauses)}."
+
+
+def claims_sentence(metrics: dict) -> str:
+    """Each measured ratio against the seed paper's claimed range (within / above / below)."""
+    ratios = metrics.get("ratios") or {}
+    claims = claimed_ranges(metrics)
+    parts = []
+    for key, name in (("size_reduction", "size reduction"), ("speedup_b1", "batch-1 speed-up"),
+                      ("accuracy_retention", "accuracy retention")):
+        value, claim = ratios.get(key), claims[key]
+        if value is None or claim is None:
+            continue
+        if key == "accuracy_retention":
+            value, shown, unit = 100 * value, f"{100 * value:.1f} %", " %"
+        else:
+            shown, unit = format_factor(value), "×"
+        parts.append(f"the {name} ({shown}) is {verdict(value, claim)} the claimed "
+                     f"{claim[0]:.2g}–{claim[1]:.2g}{unit}{_size_claim_note(metrics, key)}")
+    return f"Against the seed paper's claims, {_join(parts)}." if parts else ""
+
+
+def _size_claim_note(metrics: dict, key: str) -> str:
+    """The size claim as the paper words it (`` (50–70 % smaller)``), empty for other keys."""
+    pct = (metrics.get("claims") or {}).get("size_reduction_pct")
+    return f" ({pct[0]:g}–{pct[1]:g} % smaller)" if key == "size_reduction" and pct and len(pct) == 2 else ""
+
+
+def distillation_sentence(metrics: dict) -> str:
+    """What distillation added over training the same student from scratch."""
+    scratch, distilled = _accuracy(metrics, "student_scratch"), _accuracy(metrics, "student")
+    if scratch is None or distilled is None:
+        return ""
+    change = 100 * (distilled - scratch)
+    verb = "lifts" if change > 0 else "lowers" if change < 0 else "leaves"
+    text = (f"Distillation {verb} the student's test accuracy from {_pct(scratch)} (trained from scratch) "
+            f"to {_pct(distilled)} ({_signed(change)} points)")
+    a_scratch = variant_metric(metrics, "student_scratch", "agreement_with_teacher")
+    a_distilled = variant_metric(metrics, "student", "agreement_with_teacher")
+    if a_scratch is not None and a_distilled is not None:
+        text += f" and its agreement with the teacher from {_pct(a_scratch)} to {_pct(a_distilled)}"
+    return text + "."
+
+
+def quantization_sentence(metrics: dict) -> str:
+    """What int8 quantization cost in accuracy."""
+    fp32, int8 = _accuracy(metrics, "student"), _accuracy(metrics, "student_int8")
+    if fp32 is None or int8 is None:
+        return ""
+    change = 100 * (int8 - fp32)
+    effect = f"costs {-change:.1f} points of accuracy" if change < 0 else f"changes accuracy by {_signed(change)} points"
+    return f"Quantizing the distilled student to int8 {effect} ({_pct(fp32)} → {_pct(int8)})."
+
+
+def findings(metrics: dict) -> list[str]:
+    """The sentences of the 'what this run shows' paragraph, empty ones left out."""
+    sentences = [headline(metrics), claims_sentence(metrics), distillation_sentence(metrics),
+                 quantization_sentence(metrics)]
+    return [s for s in sentences if s]

@@ -1,0 +1,116 @@
+"""End to end: a tiny recipe produces every artifact, a faithful int8 student, and resumes exactly."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from tinykd.deploy.onnx import ort_predict, ort_session
+from tinykd.distill.trainer import Trainer
+from tinykd.pipeline import resume_recipe, run
+from tinykd.recipe import load_recipe
+
+TINY = {
+    "name": "tiny",
+    "data": {"name": "digits"},
+    "teacher": {"model": "cnn", "kwargs": {"widths": [16, 32], "hidden": 64},
+                "train": {"epochs": 4, "batch_size": 64, "lr": 0.005}},
+    "student": {"model": "cnn", "kwargs": {"widths": [4, 8], "hidden": 16},
+                "train": {"epochs": 4, "batch_size": 64, "lr": 0.01}},
+    "distill": {"losses": [{"name": "kd", "temperature": 4.0, "alpha": 0.9}]},
+    "quantize": {"calibration_samples": 128},
+    "measure": {"warmup": 2, "repeats": 10, "batch_sizes": [1, 8]},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return run(load_recipe(TINY, [f"output_dir={out}"]), progress=False)
+
+
+def test_every_artifact_is_written(tiny_run):
+    d = tiny_run.run_dir
+    for rel in ["recipe.yaml", "metrics.json", "history.csv", "report.html", "artifacts/teacher.onnx",
+                "artifacts/student.onnx", "artifacts/student.int8.onnx", "artifacts/student_scratch.onnx",
+                "teacher/best.safetensors", "teacher/last.safetensors", "teacher/last.json",
+                "student/best.safetensors", "student_scratch/last.json"]:
+        assert (d / rel).is_file(), rel
+    figures = sorted(p.name for p in (d / "figures").glob("*.png"))
+    assert len(figures) == 5, figures
+    html = (d / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5
+
+
+def test_metrics_schema_and_values(tiny_run):
+    m = json.loads((tiny_run.run_dir / "metrics.json").read_text())
+    for name in ["teacher", "student_scratch", "student", "student_int8"]:
+        v = m["variants"][name]
+        for key in ["accuracy", "macro_f1", "params", "file_bytes", "macs", "latency_ms_b1", "agreement_with_teacher"]:
+            assert v[key] is not None, (name, key)
+        assert 0.0 <= v["accuracy"] <= 1.0
+    v = m["variants"]
+    assert v["teacher"]["agreement_with_teacher"] == 1.0
+    assert v["teacher"]["params"] > 5 * v["student"]["params"]
+    assert v["teacher"]["macs"] > v["student"]["macs"] > 0
+    assert v["student_int8"]["file_bytes"] < v["student"]["file_bytes"]
+    assert v["teacher"]["accuracy"] > 0.8  # digits: 10 classes, chance 0.1
+    r = m["ratios"]
+    assert r["size_reduction"] == pytest.approx(v["teacher"]["file_bytes"] / v["student_int8"]["file_bytes"])
+    assert r["accuracy_retention"] == pytest.approx(v["student_int8"]["accuracy"] / v["teacher"]["accuracy"])
+    assert r["speedup_b1"] == pytest.approx(v["teacher"]["latency_ms_b1"] / v["student_int8"]["latency_ms_b1"])
+    assert set(v["teacher"]["latency"]) == {"pytorch", "ort_fp32"}
+    assert set(v["teacher"]["latency"]["pytorch"]) == {"b1", "b8"}
+
+
+def test_int8_student_agrees_with_fp32_student(tiny_run):
+    d = tiny_run.run_dir
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["variants"]["student_int8"]["agreement_with_fp32_student"] >= 0.95
+    assert m["variants"]["student"]["onnx_agreement"] == 1.0
+    # Independently: run both ONNX files on fresh inputs of the test distribution.
+    from tinykd.data import load_dataset
+    test = load_dataset("digits", seed=0).test
+    fp32 = ort_predict(ort_session(d / "artifacts/student.onnx"), test.x).argmax(1)
+    int8 = ort_predict(ort_session(d / "artifacts/student.int8.onnx"), test.x).argmax(1)
+    assert np.mean(fp32 == int8) >= 0.95
+
+
+def test_history_has_per_term_losses(tiny_run):
+    with open(tiny_run.run_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    student = [r for r in rows if r["model"] == "student"]
+    assert [int(r["epoch"]) for r in student] == [1, 2, 3, 4]
+    assert {"loss/kd", "loss/kd.soft", "loss/kd.hard", "val_accuracy"} <= set(rows[0])
+    assert {r["model"] for r in rows} == {"teacher", "student_scratch", "student"}
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(tiny_run, tmp_path, monkeypatch):
+    recipe = load_recipe(TINY, [f"output_dir={tmp_path}", "report.enabled=false"])
+    original = Trainer._log
+
+    def crash_in_student(self, row):
+        original(self, row)
+        if self.label == "student" and row["epoch"] == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "_log", crash_in_student)
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, progress=False)
+    monkeypatch.setattr(Trainer, "_log", original)
+    run_dir = tmp_path / "tiny"
+    assert not (run_dir / "metrics.json").exists()
+    resumed = run(resume_recipe(run_dir), run_dir=run_dir, resume=True, progress=False)
+    for name in ["teacher", "student_scratch", "student"]:
+        assert resumed.metrics["variants"][name]["accuracy"] == tiny_run.metrics["variants"][name]["accuracy"]
+    a = [r["train_loss"] for r in resumed.history if r["model"] == "student"]
+    b = [r["train_loss"] for r in tiny_run.history if r["model"] == "student"]
+    assert a == b
+
+
+def test_existing_run_is_never_overwritten(tiny_run):
+    recipe = load_recipe(TINY, [f"output_dir={tiny_run.run_dir.parent}"])
+    from tinykd.pipeline import new_run_dir
+    assert new_run_dir(recipe) == tiny_run.run_dir.parent / "tiny-2"
+    from tinykd.errors import RecipeError
+    with pytest.raises(RecipeError, match=r"(?s)already exists.*--resume"):
+        run(recipe, run_dir=tiny_run.run_dir, progress=False)
