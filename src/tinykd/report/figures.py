@@ -18,7 +18,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
-from .files import write_atomic  # noqa: E402
+from ..io import atomic_write  # noqa: E402
 from .history import loss_columns, loss_term, model_rows, series  # noqa: E402
 from .style import CLAIM_COLOR, MPL_STYLE, runtime_markers, runtime_name, variant_colors  # noqa: E402
 from .summary import (claimed_ranges, compared_variant, format_factor, ordered_variants,  # noqa: E402
@@ -69,7 +69,7 @@ def save_png(fig: Figure, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.15, facecolor="white")
     plt.close(fig)
-    return write_atomic(path, buffer.getvalue())
+    return atomic_write(path, buffer.getvalue())
 
 
 def placeholder_figure(title: str, message: str) -> Figure:

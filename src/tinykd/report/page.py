@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .figures import make_figures
-from .files import write_atomic
+from ..io import atomic_write
 from .narrative import findings
 from .style import variant_colors
 from .summary import (MISSING, format_bytes, format_count, format_ms, format_percent, ordered_variants,
@@ -118,7 +118,7 @@ def write_report(run_dir: Path, metrics: dict, history: list[dict], recipe_yaml:
     run_dir = Path(run_dir)
     figures = make_figures(metrics, history, run_dir / "figures")
     page = render_page(metrics, figures, recipe_yaml)
-    return write_atomic(run_dir / "report.html", page.encode("utf-8"))
+    return atomic_write(run_dir / "report.html", page.encode("utf-8"))
 
 
 def render_page(metrics: dict, figures: dict[str, Path], recipe_yaml: str) -> str:
