@@ -126,3 +126,30 @@ def test_checkpoint_loading_refuses_code_and_explains_mismatch(tmp_path):
 def test_teacher_needed_by_kd(tmp_path):
     with pytest.raises(TrainingError, match="need a teacher"):
         Trainer(_mlp(), [(1.0, build_loss("kd", {}))], TrainConfig(), out_dir=tmp_path, label="s", progress=False)
+
+
+def test_transfer_set_and_mixup_reach_only_teacher_terms(tmp_path):
+    train, val = _data()
+    teacher = _mlp().eval()
+    seen = {"unlabelled": 0, "mixed": 0, "total": 0}
+    kd = build_loss("kd", {"temperature": 2.0, "alpha": 0.5})
+    forward = kd.forward
+
+    def spy(student, t, batch):
+        seen["unlabelled"] += int((batch.y < 0).sum())
+        seen["mixed"] += int((batch.index < 0).sum())
+        seen["total"] += len(batch.y)
+        return forward(student, t, batch)
+    kd.forward = spy
+    transfer = torch.randn(100, 1, 4, 4)
+    from tinykd.recipe import MixupConfig
+    Trainer(_mlp(), [(1.0, kd)], TrainConfig(epochs=1, batch_size=34), out_dir=tmp_path, label="s", teacher=teacher,
+            progress=False, transfer=transfer, mixup=MixupConfig(alpha=1.0, ratio=0.5)).fit(train, val)
+    n_batches = -(-(len(train) + 100) // 34)
+    mixed = seen["mixed"]
+    assert mixed == sum(round(0.5 * min(34, len(train) + 100 - i * 34)) for i in range(n_batches))
+    assert seen["unlabelled"] == 100 + mixed  # transfer inputs and mixed inputs carry no label
+    assert seen["total"] == len(train) + 100 + mixed
+    with pytest.raises(TrainingError, match="needs a loss term that learns from the teacher"):
+        Trainer(_mlp(), [(1.0, build_loss("ce", {}))], TrainConfig(), out_dir=tmp_path / "x", label="s",
+                transfer=transfer, progress=False)

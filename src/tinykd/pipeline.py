@@ -123,8 +123,10 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
     distilled = _fresh_student(recipe, spec, student)
     terms = [(l.weight, build_loss(l.name, l.params(), where=f"distill.losses[{i}]"))
              for i, l in enumerate(recipe.distill.losses)]
+    transfer = _transfer_inputs(recipe, bundle, console) if recipe.distill.transfer else None
     res = Trainer(distilled, terms, recipe.student.train, out_dir=run_dir / "student", label="student",
-                  seed=recipe.seed, teacher=teacher_model, console=console, progress=progress).fit(bundle.train, bundle.val)
+                  seed=recipe.seed, teacher=teacher_model, console=console, progress=progress,
+                  transfer=transfer, mixup=recipe.distill.mixup).fit(bundle.train, bundle.val)
     histories += res.history
     models["student"] = distilled
     helper_params = sum(count_params(t) for _, t in terms)
@@ -150,6 +152,23 @@ def _load_data(recipe: Recipe, console: Console) -> DataBundle:
     console.print(f"data: {bundle.name} {tuple(bundle.spec.shape)} × {bundle.spec.num_classes} classes — "
                   f"train {len(bundle.train)}, val {len(bundle.val)}, test {len(bundle.test)}")
     return bundle
+
+
+def _transfer_inputs(recipe: Recipe, bundle: DataBundle, console: Console) -> torch.Tensor:
+    """Inputs of the unlabelled transfer set, standardised like the labelled training set."""
+    t = recipe.distill.transfer
+    with console.status(f"loading transfer set {t.name}"):
+        extra = load_dataset(t.name, path=t.path, seed=recipe.seed, normalize=False, limit=t.limit,
+                             base_dir=recipe.base_dir, **t.options)
+    if tuple(extra.spec.shape) != tuple(bundle.spec.shape):
+        raise RecipeError(f"distill.transfer: inputs shaped {tuple(extra.spec.shape)} do not match the training data's "
+                          f"{tuple(bundle.spec.shape)}", "use a transfer set with the same input shape and front end")
+    x = torch.cat([getattr(extra, s).x for s in t.splits])
+    norm = bundle.info.get("normalize")
+    if norm:
+        x = (x - norm["mean"]) / norm["std"]
+    console.print(f"transfer set: {len(x)} unlabelled inputs from {extra.name} (labels dropped, teacher-labelled)")
+    return x
 
 
 def _create(name: str, kwargs: dict, spec, role: str, seed: int) -> nn.Module:

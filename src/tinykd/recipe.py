@@ -68,11 +68,35 @@ class LossSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class TransferConfig(_Section):
+    """An unlabelled transfer set (Bucilă et al. 2006; Hinton et al. 2015): inputs only the teacher labels.
+
+    Any registered dataset (files, or a generator such as mnist1d with another ``dataset_seed``); its
+    labels are dropped and its inputs are standardised with the labelled training set's statistics.
+    """
+
+    name: str
+    path: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val", "test"])
+    limit: int | None = Field(None, ge=1)
+
+
+class MixupConfig(_Section):
+    """Mixup of training inputs (Zhang et al. 2018) as extra transfer data: x = λ·x_i + (1 − λ)·x_j,
+    λ ~ Beta(alpha, alpha); mixed samples carry no label, so only teacher-based terms learn from them."""
+
+    alpha: float = Field(1.0, gt=0)
+    ratio: float = Field(1.0, gt=0, le=4)  # mixed samples added per batch, as a fraction of the batch size
+
+
 class DistillConfig(_Section):
-    """The loss terms of distillation, and whether to train the from-scratch baseline."""
+    """The loss terms of distillation, extra transfer data, and whether to train the from-scratch baseline."""
 
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd", temperature=4.0, alpha=0.9)])
     scratch_baseline: bool = True
+    transfer: TransferConfig | None = None
+    mixup: MixupConfig | None = None
 
     @field_validator("losses")
     @classmethod

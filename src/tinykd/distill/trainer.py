@@ -23,7 +23,7 @@ from ..data.spec import Split
 from ..errors import CheckpointError, TrainingError
 from ..inference import predict_logits
 from ..io import load_tensors, read_json, save_tensors, write_json
-from ..recipe import TrainConfig
+from ..recipe import MixupConfig, TrainConfig
 from .capture import FeatureCapture, Outputs, forward_with_features
 from .losses.base import Batch, LossTerm, SetupContext
 
@@ -66,8 +66,10 @@ class Trainer:
 
     def __init__(self, model: nn.Module, terms: list[tuple[float, LossTerm]], cfg: TrainConfig, *,
                  out_dir: Path, label: str, seed: int = 0, teacher: nn.Module | None = None,
-                 console: Console | None = None, progress: bool = True):
+                 console: Console | None = None, progress: bool = True,
+                 transfer: torch.Tensor | None = None, mixup: MixupConfig | None = None):
         self.model, self.terms, self.cfg = model, terms, cfg
+        self.transfer, self.mixup = transfer, mixup
         self.out_dir, self.label, self.seed = Path(out_dir), label, seed
         self.teacher = teacher
         self.console = console or Console(quiet=not progress)
@@ -76,6 +78,9 @@ class Trainer:
         if needs_teacher and teacher is None:
             raise TrainingError(f"loss terms {needs_teacher} need a teacher but none was given",
                                 "pass a teacher, or use only terms that need none (e.g. ce)")
+        if (transfer is not None or mixup is not None) and not needs_teacher:
+            raise TrainingError("unlabelled transfer data or mixup needs a loss term that learns from the teacher",
+                                "add a teacher-based term such as kd to distill.losses")
         self.helpers = nn.ModuleList([t for _, t in terms])
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps_per_epoch = 0
@@ -133,6 +138,10 @@ class Trainer:
     def fit(self, train: Split, val: Split) -> TrainResult:
         """Train for the configured epochs (resuming from ``out_dir/last.*`` if present); loads the best weights."""
         cfg = self.cfg
+        if self.transfer is not None:
+            # Transfer inputs follow the labelled ones; label -1 marks them as unlabelled, indices stay unique.
+            train = Split(torch.cat([train.x, self.transfer]),
+                          torch.cat([train.y, torch.full((len(self.transfer),), -1, dtype=train.y.dtype)]))
         self._setup_terms(train)
         self.optimizer = make_optimizer(list(self.model.parameters()) + list(self.helpers.parameters()), cfg)
         self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -204,6 +213,8 @@ class Trainer:
             for step in range(self.steps_per_epoch):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 batch = Batch(train.x[idx], train.y[idx], idx)
+                if self.mixup is not None:
+                    batch = self._mix(batch, g)
                 student = s_run(batch.x)
                 teacher = None
                 if t_run is not None:
@@ -225,6 +236,19 @@ class Trainer:
         row.update({k: v / seen for k, v in sums.items()})
         row["seconds"] = time.perf_counter() - t0
         return row
+
+    def _mix(self, batch: Batch, g: torch.Generator) -> Batch:
+        """Append mixed inputs λ·x_i + (1 − λ)·x_j (λ ~ Beta(α, α)) with no label (-1) and no index (-1)."""
+        n = len(batch.y)
+        k = max(1, round(self.mixup.ratio * n))
+        a = torch.randint(n, (k,), generator=g)
+        b = torch.randint(n, (k,), generator=g)
+        # λ uses the global RNG, whose state the checkpoints save, so resume stays exact.
+        lam = torch.distributions.Beta(self.mixup.alpha, self.mixup.alpha).sample((k,))
+        lam = lam.view(k, *([1] * (batch.x.dim() - 1)))
+        mixed = lam * batch.x[a] + (1 - lam) * batch.x[b]
+        none = torch.full((k,), -1, dtype=batch.y.dtype)
+        return Batch(torch.cat([batch.x, mixed]), torch.cat([batch.y, none]), torch.cat([batch.index, none]))
 
     def _loss(self, student: Outputs, teacher: Outputs | None, batch: Batch, epoch: int, step: int):
         total = student.logits.new_zeros(())
