@@ -1,0 +1,73 @@
+"""Shared pieces of the benchmark scripts: train one configuration, evaluate best and last, write tables."""
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from tinykd.data.spec import DataBundle
+from tinykd.distill.losses import build_loss
+from tinykd.distill.trainer import Trainer
+from tinykd.inference import predict_logits
+from tinykd.io import load_tensors
+from tinykd.models import count_params, create_model
+from tinykd.recipe import MixupConfig, TrainConfig
+
+
+@dataclass
+class Outcome:
+    best: float  # test accuracy of the checkpoint with the best validation accuracy
+    last: float  # test accuracy after the last epoch
+    seconds_per_epoch: float
+    helper_params: int
+
+
+def test_accuracy(model: torch.nn.Module, data: DataBundle) -> float:
+    return (predict_logits(model, data.test.x).argmax(1) == data.test.y).float().mean().item()
+
+
+def train(model_name: str, kwargs: dict, data: DataBundle, cfg: TrainConfig, losses: list[dict], *, seed: int,
+          teacher: torch.nn.Module | None = None, transfer: torch.Tensor | None = None,
+          mixup: MixupConfig | None = None, console: Console | None = None) -> tuple[torch.nn.Module, Outcome]:
+    """Train a fresh ``model_name`` with weighted loss terms; return it (best weights) and its outcome."""
+    torch.manual_seed(seed)
+    model = create_model(model_name, num_classes=data.spec.num_classes, in_shape=tuple(data.spec.shape), **kwargs)
+    terms = [(spec.get("weight", 1.0), build_loss(spec["name"], {k: v for k, v in spec.items() if k not in ("name", "weight")}))
+             for spec in losses]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = Trainer(model, terms, cfg, out_dir=Path(tmp), label=model_name, seed=seed, teacher=teacher,
+                      console=console or Console(quiet=True), progress=False, transfer=transfer, mixup=mixup).fit(data.train, data.val)
+        elapsed = time.perf_counter() - t0
+        best = test_accuracy(model, data)
+        last_state = {k[6:]: v for k, v in load_tensors(Path(tmp) / "last.safetensors").items() if k.startswith("model.")}
+        best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(last_state)
+        last = test_accuracy(model, data)
+        model.load_state_dict(best_state)
+    helper = sum(count_params(t) for _, t in terms)
+    return model.eval(), Outcome(best, last, elapsed / len(res.history), helper)
+
+
+def mean_std(values: list[float]) -> str:
+    """'mean ± std' in percent (std over seeds; 0 for one seed)."""
+    m = statistics.mean(values) * 100
+    s = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
+    return f"{m:.2f} ± {s:.2f}"
+
+
+def write_table(path: Path, title: str, header: list[str], rows: list[list[str]], notes: list[str]) -> str:
+    """A markdown table with the command that produced it; written to ``path`` and returned."""
+    lines = [f"# {title}", "", f"Command: `python {' '.join(sys.argv)}`", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [""] + notes
+    text = "\n".join(lines) + "\n"
+    Path(path).write_text(text)
+    return text
