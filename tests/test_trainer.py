@@ -153,3 +153,30 @@ def test_transfer_set_and_mixup_reach_only_teacher_terms(tmp_path):
     with pytest.raises(TrainingError, match="needs a loss term that learns from the teacher"):
         Trainer(_mlp(), [(1.0, build_loss("ce", {}))], TrainConfig(), out_dir=tmp_path / "x", label="s",
                 transfer=transfer, progress=False)
+
+
+def test_fitnet_two_stage_trains_hints_alone_then_the_other_terms(tmp_path):
+    """Romero et al. 2015: stage 1 optimises the hint loss only; stage 2 the KD loss only."""
+    train, val = _data()
+    teacher = _mlp()
+    teacher.eval()
+    terms = [(1.0, build_loss("kd", {"temperature": 4.0})),
+             (1.0, build_loss("fitnet", {"pairs": [["2", "2"]], "stage1_epochs": 2}))]
+    res = Trainer(_mlp(), terms, TrainConfig(epochs=4, batch_size=32), out_dir=tmp_path / "s", label="s",
+                  teacher=teacher, progress=False).fit(train, val)
+    stage1, stage2 = res.history[:2], res.history[2:]
+    assert all(r["loss/kd"] == 0.0 and r["loss/fitnet"] > 0 for r in stage1)
+    assert all(r["loss/kd"] > 0 and r["loss/fitnet"] == 0.0 for r in stage2)
+    assert all(abs(r["train_loss"] - r["loss/fitnet"]) < 1e-6 for r in stage1)
+
+
+def test_crd_with_mixup_ignores_synthetic_samples(tmp_path):
+    """Mixed inputs have no memory-bank row (index -1): CRD learns from the real samples of each batch only."""
+    from tinykd.recipe import MixupConfig
+    train, val = _data()
+    teacher = _mlp()
+    teacher.eval()
+    terms = [(1.0, build_loss("kd", {})), (0.5, build_loss("crd", {"nce_k": 16, "feat_dim": 8}))]
+    res = Trainer(_mlp(), terms, TrainConfig(epochs=1, batch_size=32), out_dir=tmp_path / "s", label="s",
+                  teacher=teacher, progress=False, mixup=MixupConfig(alpha=1.0, ratio=0.5)).fit(train, val)
+    assert res.history[0]["loss/crd"] > 0

@@ -253,7 +253,12 @@ class Trainer:
     def _loss(self, student: Outputs, teacher: Outputs | None, batch: Batch, epoch: int, step: int):
         total = student.logits.new_zeros(())
         parts: dict[str, float] = {}
+        # A term that marks itself exclusive (FitNets stage 1) trains alone; the others log 0 meanwhile.
+        active = [(w, t) for w, t in self.terms if getattr(t, "exclusive", False)] or self.terms
         for weight, term in self.terms:
+            if all(term is not t for _, t in active):
+                parts[f"loss/{term.name}"] = 0.0
+                continue
             value = term(student, teacher, batch)
             if not torch.isfinite(value):
                 raise TrainingError(

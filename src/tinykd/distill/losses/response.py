@@ -1,11 +1,16 @@
 """Response-based terms: the student learns from the teacher's outputs (and from labels)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
+from ...errors import RecipeError, TinyKDError
 from ..capture import Outputs
+from .adversarial import grad_reverse
 from .base import Batch, LossTerm, Params, register_loss
 
 
@@ -17,7 +22,7 @@ def hard_label_ce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float 
     return F.cross_entropy(logits[mask], y[mask], label_smoothing=label_smoothing)
 
 
-def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """KL(p_teacher^T || p_student^T) averaged over the batch and scaled by T².
 
     Hinton et al. (2015, §2): the gradients of the soft term scale as 1/T², so multiplying by T² keeps
@@ -26,6 +31,30 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits / temperature, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+
+
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Z-score of each sample's logits, (z − mean(z)) / std(z) over the classes.
+
+    Sun et al. (CVPR 2024), Algorithm 1: the teacher's and the student's logits are standardised separately
+    before the (base) temperature, so the student matches the teacher's logit *relations* rather than its
+    logit range and variance. std is the population one (1/K), as the paper's definition of σ; the eps keeps
+    constant logits finite.
+    """
+    mean = logits.mean(dim=-1, keepdim=True)
+    std = logits.std(dim=-1, keepdim=True, unbiased=False)
+    return (logits - mean) / (std + eps)
+
+
+def response_logits(student: Outputs, teacher: Outputs, name: str, logit_standardize: bool = False):
+    """(student, teacher) logits of the same shape, the teacher's detached, optionally z-scored."""
+    s, t = student.logits, teacher.logits.detach()
+    if s.shape != t.shape:
+        raise TinyKDError(f"{name}: student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ in shape",
+                          "give the student and the teacher the same num_classes")
+    if logit_standardize:
+        s, t = standardize(s), standardize(t)
+    return s, t
 
 
 class CEParams(Params):
@@ -44,9 +73,16 @@ class CrossEntropy(LossTerm):
         return hard_label_ce(student.logits, batch.y, self.params.label_smoothing)
 
 
+class TemperatureSchedule(Params):
+    start: float = Field(gt=0.0)
+    end: float = Field(gt=0.0)
+
+
 class KDParams(Params):
     temperature: float = Field(4.0, gt=0.0)
     alpha: float = Field(0.9, ge=0.0, le=1.0)
+    logit_standardize: bool = False
+    temperature_schedule: TemperatureSchedule | None = None  # linear from start (epoch 1) to end (last epoch)
 
 
 @register_loss
@@ -54,13 +90,256 @@ class HintonKD(LossTerm):
     """alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, y)."""
 
     name = "kd"
-    description = "Hinton KD: softened teacher probabilities at temperature T (T²-scaled) plus hard labels"
-    paper = "Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network"
+    description = ("Hinton KD: softened teacher probabilities at temperature T (T²-scaled) plus hard labels; "
+                   "optional logit standardisation and linear temperature schedule")
+    paper = ("Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network; "
+             "logit_standardize: Sun et al. CVPR 2024, Logit Standardization in Knowledge Distillation")
     Params = KDParams
+
+    def __init__(self, params: KDParams):
+        super().__init__(params)
+        schedule = params.temperature_schedule
+        if schedule is not None and "temperature" in params.model_fields_set:
+            raise RecipeError("kd: both 'temperature' and 'temperature_schedule' are set",
+                              "keep one: a fixed temperature, or temperature_schedule: {start: ..., end: ...}")
+        self.temperature = schedule.start if schedule else params.temperature
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """A simple non-learned curriculum: T moves linearly from start at epoch 1 to end at the last epoch."""
+        schedule = self.params.temperature_schedule
+        if schedule is not None:
+            progress = (epoch - 1) / max(1, epochs - 1)
+            self.temperature = schedule.start + (schedule.end - schedule.start) * progress
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
         p = self.params
-        soft = soft_kl(student.logits, teacher.logits, p.temperature)
+        s, t = response_logits(student, teacher, self.name, p.logit_standardize)
+        soft = soft_kl(s, t, self.temperature)
         hard = hard_label_ce(student.logits, batch.y)
         self.parts = {"soft": soft.detach(), "hard": hard.detach()}
+        return p.alpha * soft + (1.0 - p.alpha) * hard
+
+
+class ReverseKDParams(Params):
+    temperature: float = Field(1.0, gt=0.0)
+    alpha: float = Field(1.0, ge=0.0, le=1.0)
+    logit_standardize: bool = False
+
+
+@register_loss
+class ReverseKD(LossTerm):
+    """alpha · T² · KL(softmax(s/T) ‖ softmax(t/T)) + (1 − alpha) · CE(s, y)."""
+
+    name = "reverse_kd"
+    description = "reverse KL KL(p_student ‖ p_teacher) at temperature T (mode-seeking), optional hard-label mix"
+    paper = "Gu, Dong, Wei & Huang 2024, MiniLLM: Knowledge Distillation of Large Language Models (eq. 1)"
+    Params = ReverseKDParams
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        p = self.params
+        s, t = response_logits(student, teacher, self.name, p.logit_standardize)
+        # MiniLLM eq. 1: KL(q_θ ‖ p) = Σ q_θ (log q_θ − log p), with the student q_θ in front; T² as in Hinton KD.
+        log_p_s = F.log_softmax(s / p.temperature, dim=-1)
+        log_p_t = F.log_softmax(t / p.temperature, dim=-1)
+        soft = F.kl_div(log_p_t, log_p_s, reduction="batchmean", log_target=True) * p.temperature**2
+        hard = hard_label_ce(student.logits, batch.y)
+        self.parts = {"soft": soft.detach(), "hard": hard.detach()}
+        return p.alpha * soft + (1.0 - p.alpha) * hard
+
+
+def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float,
+                    temperature: float) -> torch.Tensor:
+    """GKD's JSD(β) between p_t^T and p_s^T, batch-averaged and T²-scaled; β=0 / β=1 are forward / reverse KL.
+
+    Agarwal et al. (2024), generalised JSD: with M = β·p_t + (1−β)·p_s,
+        JSD(β) = β·KL(p_t ‖ M) + (1−β)·KL(p_s ‖ M).
+    At the endpoints this expression vanishes (M becomes p_s or p_t), and near them it behaves like forward
+    KL(p_t ‖ p_s) (β → 0) or reverse KL(p_s ‖ p_t) (β → 1) only up to the factor β or 1−β. As in TRL's
+    GKDTrainer, β=0 and β=1 are therefore defined as exactly forward and reverse KL, so a β sweep spans the two.
+    Mind the scale near the ends: JSD(0.01) ≈ 0.01 · KL(p_t ‖ p_s), while β=0 is the full KL.
+    """
+    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=-1)
+
+    def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+        """KL(p ‖ q) per sample from log-probabilities, (N,)."""
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+    if beta == 0.0:
+        jsd = kl(log_p_t, log_p_s)
+    elif beta == 1.0:
+        jsd = kl(log_p_s, log_p_t)
+    else:
+        # log M = log(β·p_t + (1−β)·p_s), computed stably in log space.
+        log_m = torch.logaddexp(log_p_t + math.log(beta), log_p_s + math.log(1.0 - beta))
+        jsd = beta * kl(log_p_t, log_m) + (1.0 - beta) * kl(log_p_s, log_m)
+    return jsd.mean() * temperature**2
+
+
+class JSDParams(Params):
+    beta: float = Field(0.5, ge=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0)
+    logit_standardize: bool = False
+
+
+@register_loss
+class JSD(LossTerm):
+    """T² · JSD(β)(p_t^T, p_s^T): forward KL at β=0, reverse KL at β=1, a generalised JSD in between."""
+
+    name = "jsd"
+    description = "generalised Jensen-Shannon divergence JSD(β): forward KL (β=0) ... reverse KL (β=1)"
+    paper = ("Agarwal et al. 2024, On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes "
+             "(GKD, JSD(β))")
+    Params = JSDParams
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        p = self.params
+        s, t = response_logits(student, teacher, self.name, p.logit_standardize)
+        return generalized_jsd(s, t, p.beta, p.temperature)
+
+
+@register_loss
+class LogitMSE(LossTerm):
+    """1/(2N) · Σ_n ‖z_s(x_n) − z_t(x_n)‖²: regression of the student's logits on the teacher's."""
+
+    name = "logit_mse"
+    description = "regress the student's logits on the teacher's logits (squared error, no softmax)"
+    paper = "Ba & Caruana 2014, Do Deep Nets Really Need to be Deep? (mimic learning: L2 regression on logits)"
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        s, t = response_logits(student, teacher, self.name)
+        # Ba & Caruana's L(W, β) = 1/(2T) Σ_t ‖g(x^(t); W, β) − z^(t)‖²₂ over the T training cases; here per batch.
+        return 0.5 * (s - t).pow(2).sum(-1).mean()
+
+
+class DKDParams(Params):
+    alpha: float = Field(1.0, ge=0.0)  # weight of TCKD
+    beta: float = Field(8.0, ge=0.0)  # weight of NCKD
+    temperature: float = Field(4.0, gt=0.0)
+    warmup_epochs: int = Field(0, ge=0)  # the DKD weight ramps linearly to 1 over these epochs (paper: 20)
+    logit_standardize: bool = False
+
+
+def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
+              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TCKD, NCKD), each T²-scaled and averaged over the samples given (all must be labelled).
+
+    Zhao et al. (CVPR 2022) rewrite KD as TCKD + (1 − p_target^T) · NCKD, where, with b = [p_target, 1 − p_target]
+    the binary target/non-target probabilities and p̂ the softmax over the non-target classes only,
+        TCKD = KL(b^T ‖ b^S),  NCKD = KL(p̂^T ‖ p̂^S);
+    DKD drops the coupling factor and weights the two freely: α·TCKD + β·NCKD.
+    """
+    n, classes = student_logits.shape
+    target = F.one_hot(y, classes).bool()  # (N, K)
+    z_s, z_t = student_logits / temperature, teacher_logits / temperature
+    log_p_s, log_p_t = F.log_softmax(z_s, dim=-1), F.log_softmax(z_t, dim=-1)
+
+    def binary(log_p: torch.Tensor) -> torch.Tensor:
+        """log b = [log p_target, log(1 − p_target)], (N, 2); the second as a log-sum-exp over the other classes."""
+        return torch.stack([log_p[target], log_p.masked_fill(target, -math.inf).logsumexp(-1)], dim=-1)
+
+    log_b_s, log_b_t = binary(log_p_s), binary(log_p_t)
+    tckd = (log_b_t.exp() * (log_b_t - log_b_s)).sum(-1).mean()
+    # p̂: softmax over the K−1 non-target logits, (N, K−1).
+    log_q_s = F.log_softmax(z_s[~target].view(n, classes - 1), dim=-1)
+    log_q_t = F.log_softmax(z_t[~target].view(n, classes - 1), dim=-1)
+    nckd = (log_q_t.exp() * (log_q_t - log_q_s)).sum(-1).mean()
+    return tckd * temperature**2, nckd * temperature**2
+
+
+@register_loss
+class DKD(LossTerm):
+    """warmup · (alpha · TCKD + beta · NCKD), over the labelled samples of the batch."""
+
+    name = "dkd"
+    description = ("Decoupled KD: target-class (TCKD) and non-target-class (NCKD) KD weighted separately; "
+                   "labelled samples only; add a ce term as in the paper")
+    paper = "Zhao, Cui, Song, Qiu & Liang, CVPR 2022, Decoupled Knowledge Distillation (DKD = α·TCKD + β·NCKD)"
+    Params = DKDParams
+
+    def __init__(self, params: DKDParams):
+        super().__init__(params)
+        self.warmup = self._warmup(1)
+
+    def _warmup(self, epoch: int) -> float:
+        """min(epoch / warmup_epochs, 1), as in the authors' code (1 when there is no warm-up)."""
+        return min(epoch / self.params.warmup_epochs, 1.0) if self.params.warmup_epochs else 1.0
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        self.warmup = self._warmup(epoch)
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        p = self.params
+        s, t = response_logits(student, teacher, self.name, p.logit_standardize)
+        # TCKD and NCKD are defined by the target class: unlabelled samples (y = -1) take no part, and the
+        # mean is over the labelled samples; a batch with none contributes zero.
+        labelled = batch.y >= 0
+        if not bool(labelled.any()):
+            return s.sum() * 0.0
+        y = batch.y[labelled]
+        if int(y.max()) >= s.shape[1]:
+            raise TinyKDError(f"dkd: label {int(y.max())} is out of range for logits of shape {tuple(s.shape)}",
+                              "check that the model's num_classes matches the dataset")
+        tckd, nckd = dkd_parts(s[labelled], t[labelled], y, p.temperature)
+        self.parts = {"tckd": tckd.detach(), "nckd": nckd.detach(), "warmup": torch.tensor(self.warmup)}
+        return self.warmup * (p.alpha * tckd + p.beta * nckd)
+
+
+class CTKDParams(Params):
+    temperature_init: float = Field(4.0, gt=0.0)
+    temperature_min: float = Field(1.0, gt=0.0)
+    temperature_max: float = Field(21.0, gt=0.0)
+    lambda_max: float = Field(1.0, ge=0.0)  # final strength of the reversed gradient on the temperature
+    curriculum_epochs: int = Field(10, ge=0)  # E_loops: epochs over which λ rises from 0 to lambda_max
+    alpha: float = Field(0.9, ge=0.0, le=1.0)
+
+
+@register_loss
+class CTKD(LossTerm):
+    """Hinton KD whose global temperature is learned adversarially: the student minimises the KD loss,
+    the temperature maximises it through a gradient reversal layer whose strength λ follows a curriculum."""
+
+    name = "ctkd"
+    description = ("Curriculum Temperature KD: a learnable global temperature trained adversarially (gradient "
+                   "reversal) with λ rising 0 → λ_max on a cosine curriculum")
+    paper = "Li et al. AAAI 2023, Curriculum Temperature for Knowledge Distillation (global temperature version)"
+    Params = CTKDParams
+
+    def __init__(self, params: CTKDParams):
+        super().__init__(params)
+        lo, hi, init = params.temperature_min, params.temperature_max, params.temperature_init
+        if not lo < init < hi:
+            raise RecipeError(f"ctkd: temperature_init {init} must lie strictly between temperature_min {lo} "
+                              f"and temperature_max {hi}", "e.g. temperature_min: 1, temperature_init: 4, temperature_max: 21")
+        # The authors' code parameterises T = T_min + (T_max − T_min) · sigmoid(θ), keeping T in its range
+        # with smooth gradients; θ starts where T = temperature_init.
+        u = (init - lo) / (hi - lo)
+        self.theta = nn.Parameter(torch.tensor(math.log(u / (1.0 - u))))
+        self.lam = self.curriculum(0)
+
+    def curriculum(self, n: int) -> float:
+        """CTKD's cosine curriculum λ_n = λ_min + ½(λ_max − λ_min)(1 + cos((1 + min(n, E)/E)·π)), with λ_min = 0."""
+        e = self.params.curriculum_epochs
+        if e == 0:
+            return self.params.lambda_max
+        return 0.5 * self.params.lambda_max * (1.0 + math.cos((1.0 + min(n, e) / e) * math.pi))
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """The current global temperature, a scalar in (temperature_min, temperature_max)."""
+        lo, hi = self.params.temperature_min, self.params.temperature_max
+        return lo + (hi - lo) * torch.sigmoid(self.theta)
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        self.lam = self.curriculum(epoch)  # n = the 1-based epoch, as in the authors' training loop
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        p = self.params
+        s, t = response_logits(student, teacher, self.name)
+        # min over the student, max over the temperature: through the GRL, T receives −λ · ∂L/∂T and ascends the loss.
+        temperature = grad_reverse(self.temperature, self.lam)
+        soft = soft_kl(s, t, temperature)
+        hard = hard_label_ce(student.logits, batch.y)
+        self.parts = {"soft": soft.detach(), "hard": hard.detach(), "temperature": self.temperature.detach(),
+                      "lambda": torch.tensor(self.lam)}
         return p.alpha * soft + (1.0 - p.alpha) * hard

@@ -1,0 +1,375 @@
+"""Feature-based loss terms against independent numpy computations written from the papers' formulas."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tinykd.data.spec import Split
+from tinykd.distill.capture import Outputs
+from tinykd.distill.losses import Batch, SetupContext, build_loss
+from tinykd.distill.losses.pairing import auto_pairs
+from tinykd.distill.trainer import Trainer
+from tinykd.errors import RecipeError, TinyKDError
+from tinykd.models import create_model
+from tinykd.recipe import TrainConfig
+
+MNIST = (1, 28, 28)
+
+
+def _batch(n):
+    return Batch(torch.zeros(n, 1, 8, 8), torch.zeros(n, dtype=torch.long), torch.arange(n))
+
+
+def _outputs(feats):
+    n = len(next(iter(feats.values())))
+    return Outputs(torch.zeros(n, 3), dict(feats))
+
+
+def _setup(name, params, s_feats, t_feats, student=None, teacher=None):
+    """A term set up on given example features (models without Conv1d: 3-D features are tokens)."""
+    torch.manual_seed(0)
+    term = build_loss(name, params)
+    term.setup(SetupContext(student or nn.Module(), teacher or nn.Module(), _outputs(s_feats), _outputs(t_feats),
+                            _batch(len(next(iter(s_feats.values())))), 100, 3))
+    return term
+
+
+def _call(term, s_feats, t_feats):
+    return term(_outputs(s_feats), _outputs(t_feats), _batch(len(next(iter(s_feats.values())))))
+
+
+def _rand(*shape, seed=0):
+    return torch.tensor(np.random.default_rng(seed).normal(size=shape), dtype=torch.float64)
+
+
+def _np(t):
+    return t.detach().double().numpy()
+
+
+def _block_mean(x, k):
+    """Average-pool (B, C, H, W) by k×k blocks: what adaptive pooling does when H, W are multiples of the output."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h // k, k, w // k, k).mean(axis=(3, 5))
+
+
+def _bn_train(z, gamma, beta, eps=1e-5):
+    mean = z.mean(axis=(0, 2, 3), keepdims=True)
+    var = z.var(axis=(0, 2, 3), keepdims=True)
+    return (z - mean) / np.sqrt(var + eps) * gamma[None, :, None, None] + beta[None, :, None, None]
+
+
+# ----- fitnet -------------------------------------------------------------------------------------
+def test_fitnet_matches_hint_loss_through_conv_bn_regressor():
+    s, t = _rand(4, 3, 5, 5), _rand(4, 6, 5, 5, seed=1)
+    term = _setup("fitnet", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}).double()
+    conv, bn = term.regressors[0]
+    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and (conv.in_channels, conv.out_channels) == (3, 6)
+    assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == 6
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.normal_()
+    got = _call(term, {"a": s}, {"b": t})
+    # Eq. 3, r(v) = BN(W v) with batch statistics; mean over elements instead of ½·sum.
+    z = np.einsum("oc,bchw->bohw", _np(conv.weight)[:, :, 0, 0], _np(s))
+    expected = ((_bn_train(z, _np(bn.weight), _np(bn.bias)) - _np(t)) ** 2).mean()
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("s_size,t_size", [(8, 4), (4, 8)])
+def test_fitnet_pools_the_larger_map_to_the_smaller(s_size, t_size):
+    s, t = _rand(2, 3, s_size, s_size), _rand(2, 5, t_size, t_size, seed=1)
+    term = _setup("fitnet", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}).double().eval()
+    got = _call(term, {"a": s}, {"b": t})
+    s_np, t_np = _np(s), _np(t)
+    s_np, t_np = (_block_mean(s_np, 2), t_np) if s_size > t_size else (s_np, _block_mean(t_np, 2))
+    conv, bn = term.regressors[0]
+    u = np.einsum("oc,bchw->bohw", _np(conv.weight)[:, :, 0, 0], s_np) / np.sqrt(1 + bn.eps)  # BN at init, eval
+    assert got.item() == pytest.approx(((u - t_np) ** 2).mean(), rel=1e-9)
+
+
+def test_fitnet_regressor_is_linear_for_vectors_and_tokens_and_conv1d_for_signals():
+    vec = _setup("fitnet", {"student": "a", "teacher": "b"}, {"a": _rand(4, 5)}, {"b": _rand(4, 7)})
+    assert isinstance(vec.regressors[0], nn.Linear) and vec.regressors[0].weight.shape == (7, 5)
+    tok = _setup("fitnet", {"student": "a", "teacher": "b"}, {"a": _rand(4, 6, 5)}, {"b": _rand(4, 6, 9)})
+    assert isinstance(tok.regressors[0], nn.Linear) and tok.regressors[0].weight.shape == (9, 5)
+    # 1-D conv nets' 3-D features are (B, C, L) maps: a 1×1 Conv1d from the student's channels to the teacher's.
+    student = create_model("cnn1d", num_classes=3, in_shape=(1, 40), widths=[4, 4])
+    teacher = create_model("cnn1d", num_classes=3, in_shape=(1, 40), widths=[8, 8])
+    x = torch.randn(6, 1, 40)
+    term = build_loss("fitnet", {"student": "features.1", "teacher": "features.1"})
+    term.setup(SetupContext(student, teacher, Outputs(student(x)), Outputs(teacher(x)), Batch(x, x[:, 0, 0].long(),
+                            torch.arange(6)), 6, 3))
+    conv, bn = term.regressors[0]
+    assert isinstance(conv, nn.Conv1d) and (conv.in_channels, conv.out_channels) == (4, 8) and isinstance(bn, nn.BatchNorm1d)
+
+
+def test_fitnet_is_zero_with_identity_regressor_when_features_are_equal():
+    f = _rand(4, 3, 5, 5)
+    term = _setup("fitnet", {"student": "a", "teacher": "b"}, {"a": f}, {"b": f}).double().eval()
+    conv, bn = term.regressors[0]
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(3)[:, :, None, None])
+    bn.eps = 0.0
+    assert _call(term, {"a": f}, {"b": f.clone()}).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fitnet_two_stage_schedule():
+    s, t = _rand(4, 3, 5, 5), _rand(4, 6, 5, 5, seed=1)
+    term = _setup("fitnet", {"student": "a", "teacher": "b", "stage1_epochs": 2}, {"a": s}, {"b": t}).double()
+    assert term.exclusive
+    term.start_epoch(2, 5)
+    assert term.exclusive and _call(term, {"a": s}, {"b": t}).item() > 0
+    term.start_epoch(3, 5)
+    logits = torch.zeros(4, 3, requires_grad=True)
+    off = term(Outputs(logits, {"a": s}), _outputs({"b": t}), _batch(4))
+    assert not term.exclusive and off.item() == 0.0 and off.requires_grad  # stage 2: KD alone, still backward-able
+    assert not _setup("fitnet", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}).exclusive
+
+
+def test_fitnet_errors_name_both_shapes():
+    with pytest.raises(TinyKDError, match=r"student 'a' \(B, 5\) and teacher 'b' \(B, 6, 4, 4\).*\n  fix: .*hidden_mse"):
+        _setup("fitnet", {"student": "a", "teacher": "b"}, {"a": _rand(2, 5)}, {"b": _rand(2, 6, 4, 4)})
+    with pytest.raises(TinyKDError, match=r"different token counts"):
+        _setup("fitnet", {"student": "a", "teacher": "b"}, {"a": _rand(2, 5, 4)}, {"b": _rand(2, 6, 4)})
+
+
+# ----- attention transfer -------------------------------------------------------------------------
+def _np_at(a, p):
+    q = (np.abs(a) ** p).sum(axis=1).reshape(len(a), -1)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 4.0])
+def test_at_matches_reference_formula_summed_over_pairs(p):
+    s0, t0 = _rand(3, 4, 6, 6), _rand(3, 8, 6, 6, seed=1)
+    s1, t1 = _rand(3, 5, 3, 3, seed=2), _rand(3, 2, 3, 3, seed=3)
+    params = {"pairs": [["s0", "t0"], ["s1", "t1"]], "p": p}
+    term = _setup("at", params, {"s0": s0, "s1": s1}, {"t0": t0, "t1": t1})
+    got = _call(term, {"s0": s0, "s1": s1}, {"t0": t0, "t1": t1})
+    per_pair = [((_np_at(_np(s), p) - _np_at(_np(t), p)) ** 2).mean() for s, t in ((s0, t0), (s1, t1))]
+    assert got.item() == pytest.approx(0.5 * sum(per_pair), rel=1e-9)
+    assert term.parts["s0"].item() == pytest.approx(per_pair[0], rel=1e-9)
+
+
+def test_at_pools_attention_maps_zero_for_equal_features_and_is_scale_invariant():
+    s, t = _rand(2, 3, 8, 8), _rand(2, 6, 4, 4, seed=1)
+    term = _setup("at", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t})
+    got = _call(term, {"a": s}, {"b": t})
+    q_s = _block_mean((_np(s) ** 2).sum(axis=1, keepdims=True), 2).reshape(2, -1)
+    q_s /= np.linalg.norm(q_s, axis=1, keepdims=True)
+    assert got.item() == pytest.approx(0.5 * ((q_s - _np_at(_np(t), 2)) ** 2).mean(), rel=1e-9)
+    # Normalising Q makes the loss blind to the scale of the activations, and zero for equal features.
+    assert _call(term, {"a": 7.0 * s}, {"b": t}).item() == pytest.approx(got.item(), rel=1e-9)
+    same = _setup("at", {"student": "a", "teacher": "b"}, {"a": s}, {"b": s})
+    assert _call(same, {"a": s}, {"b": s.clone()}).item() == pytest.approx(0.0, abs=1e-15)
+
+
+def test_at_rejects_vectors():
+    with pytest.raises(TinyKDError, match=r"at: student 'a' \(B, 5\) and teacher 'b' \(B, 3, 4, 4\) cannot be compared"):
+        _setup("at", {"student": "a", "teacher": "b"}, {"a": _rand(2, 5)}, {"b": _rand(2, 3, 4, 4)})
+
+
+# ----- neuron selectivity transfer ----------------------------------------------------------------
+def _np_nst(s, t, d=2, c=0.0):
+    total = 0.0
+    for fs, ft in zip(s.reshape(len(s), s.shape[1], -1), t.reshape(len(t), t.shape[1], -1)):
+        fs = fs / np.linalg.norm(fs, axis=1, keepdims=True)
+        ft = ft / np.linalg.norm(ft, axis=1, keepdims=True)
+        k = lambda x, y: (x @ y + c) ** d  # noqa: E731
+        mmd = (np.mean([k(a, b) for a in ft for b in ft]) + np.mean([k(a, b) for a in fs for b in fs])
+               - 2 * np.mean([k(a, b) for a in fs for b in ft]))
+        total += mmd
+    return total / len(s)
+
+
+@pytest.mark.parametrize("degree,c", [(2, 0.0), (1, 0.0), (3, 0.5)])
+def test_nst_matches_mmd_with_polynomial_kernel(degree, c):
+    s, t = _rand(3, 4, 5, 5), _rand(3, 7, 5, 5, seed=1)  # channel counts may differ
+    term = _setup("nst", {"student": "a", "teacher": "b", "degree": degree, "c": c}, {"a": s}, {"b": t})
+    got = _call(term, {"a": s}, {"b": t})
+    assert got.item() == pytest.approx(0.5 * _np_nst(_np(s), _np(t), degree, c), rel=1e-9)
+
+
+def test_nst_pools_zero_for_equal_and_ignores_channel_order():
+    s, t = _rand(2, 4, 8, 8), _rand(2, 6, 4, 4, seed=1)
+    term = _setup("nst", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t})
+    got = _call(term, {"a": s}, {"b": t})
+    assert got.item() == pytest.approx(0.5 * _np_nst(_block_mean(_np(s), 2), _np(t)), rel=1e-9)
+    # MMD compares distributions of channels: permuting the student's channels changes nothing.
+    assert _call(term, {"a": s[:, [3, 1, 0, 2]]}, {"b": t}).item() == pytest.approx(got.item(), rel=1e-9)
+    same = _setup("nst", {"student": "a", "teacher": "b"}, {"a": s}, {"b": s})
+    assert _call(same, {"a": s}, {"b": s.clone()}).item() == pytest.approx(0.0, abs=1e-12)
+
+
+# ----- fsp and gram -------------------------------------------------------------------------------
+def _np_fsp(a, b):
+    bsz, c1, h, w = a.shape
+    g = np.zeros((bsz, c1, b.shape[1]))
+    for i in range(c1):
+        for j in range(b.shape[1]):
+            g[:, i, j] = (a[:, i] * b[:, j]).sum(axis=(1, 2)) / (h * w)  # Eq. 1
+    return g
+
+
+def test_fsp_matches_eq1_and_eq2_mean_over_pairs():
+    s = {"s0": _rand(2, 3, 8, 8), "s1": _rand(2, 4, 4, 4, seed=1), "s2": _rand(2, 5, 4, 4, seed=2)}
+    t = {"t0": _rand(2, 3, 8, 8, seed=3), "t1": _rand(2, 4, 4, 4, seed=4), "t2": _rand(2, 5, 4, 4, seed=5)}
+    params = {"student_pairs": [["s0", "s1"], ["s1", "s2"]], "teacher_pairs": [["t0", "t1"], ["t1", "t2"]]}
+    term = _setup("fsp", params, s, t)
+    got = _call(term, s, t)
+    n = {k: _np(v) for k, v in {**s, **t}.items()}
+    # The pair's 8×8 layer is pooled to 4×4 before its FSP matrix with the 4×4 layer.
+    g = [(_np_fsp(_block_mean(n["s0"], 2), n["s1"]), _np_fsp(_block_mean(n["t0"], 2), n["t1"])),
+         (_np_fsp(n["s1"], n["s2"]), _np_fsp(n["t1"], n["t2"]))]
+    assert got.item() == pytest.approx(np.mean([((gt - gs) ** 2).mean() for gs, gt in g]), rel=1e-9)
+    assert _call(term, s, {"t0": s["s0"], "t1": s["s1"], "t2": s["s2"]}).item() == pytest.approx(0.0, abs=1e-15)
+
+
+def test_fsp_channel_mismatch_and_param_errors():
+    s = {"a": _rand(2, 3, 4, 4), "b": _rand(2, 4, 4, 4)}
+    t = {"c": _rand(2, 3, 4, 4), "d": _rand(2, 8, 4, 4)}
+    with pytest.raises(TinyKDError, match=r"student's FSP matrix \('a', 'b'\) is 3×4 but the teacher's \('c', 'd'\) "
+                                          r"is 3×8.*\n  fix: .*fitnet"):
+        _setup("fsp", {"student_pairs": [["a", "b"]], "teacher_pairs": [["c", "d"]]}, s, t)
+    with pytest.raises(RecipeError, match=r"student_pairs has 1 pairs but teacher_pairs has 2"):
+        build_loss("fsp", {"student_pairs": [["a", "b"]], "teacher_pairs": [["c", "d"], ["c", "d"]]})
+    with pytest.raises(RecipeError, match=r"\.pairs: .*name the layers"):
+        build_loss("fsp", {})
+
+
+def test_gram_matches_channel_gram_with_projection_and_zero_for_equal():
+    s, t = _rand(2, 3, 6, 6), _rand(2, 5, 3, 3, seed=1)  # Gram matrices are C×C whatever H, W
+    term = _setup("gram", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}).double()
+    proj = term.projections[0]
+    assert isinstance(proj, nn.Conv2d) and proj.kernel_size == (1, 1) and (proj.in_channels, proj.out_channels) == (3, 5)
+    got = _call(term, {"a": s}, {"b": t})
+
+    def gram(f):
+        f = f.reshape(len(f), f.shape[1], -1)
+        return f @ f.transpose(0, 2, 1) / f.shape[2]
+    z = np.einsum("oc,bchw->bohw", _np(proj.weight)[:, :, 0, 0], _np(s))
+    assert got.item() == pytest.approx(((gram(z) - gram(_np(t))) ** 2).mean(), rel=1e-9)
+    same = _setup("gram", {"student": "a", "teacher": "b"}, {"a": s}, {"b": s})
+    assert isinstance(same.projections[0], nn.Identity)
+    assert _call(same, {"a": s}, {"b": s.clone()}).item() == pytest.approx(0.0, abs=1e-15)
+
+
+# ----- hidden states ------------------------------------------------------------------------------
+def _projected_tokens(term, h_s):
+    proj = term.projections[0]
+    return h_s @ _np(proj.weight).T + _np(proj.bias)
+
+
+@pytest.mark.parametrize("s_shape,t_shape,tokens", [
+    ((2, 5, 6), (2, 5, 9), lambda x: x),                                          # (B, T, D) hidden states
+    ((2, 4, 3, 3), (2, 6, 3, 3), lambda x: x.reshape(2, x.shape[1], -1).transpose(0, 2, 1)),  # maps: H·W tokens
+    ((2, 4), (2, 7), lambda x: x[:, None, :]),                                    # vectors: one token
+])
+def test_hidden_mse_and_cosine_match_formulas(s_shape, t_shape, tokens):
+    s, t = _rand(*s_shape), _rand(*t_shape, seed=1)
+    mse = _setup("hidden_mse", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}).double()
+    h = _projected_tokens(mse, tokens(_np(s)))
+    h_t = tokens(_np(t))
+    assert _call(mse, {"a": s}, {"b": t}).item() == pytest.approx(((h - h_t) ** 2).mean(), rel=1e-9)  # TinyBERT Eq. 8
+    cos = _setup("hidden_cosine", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}).double()
+    h = _projected_tokens(cos, tokens(_np(s)))
+    cosine = (h * h_t).sum(-1) / np.linalg.norm(h, axis=-1) / np.linalg.norm(h_t, axis=-1)
+    assert _call(cos, {"a": s}, {"b": t}).item() == pytest.approx((1 - cosine).mean(), rel=1e-9)
+
+
+def test_hidden_terms_identity_when_widths_match_and_token_count_errors():
+    f = _rand(2, 5, 6)
+    for name in ("hidden_mse", "hidden_cosine"):
+        term = _setup(name, {"student": "a", "teacher": "b"}, {"a": f}, {"b": f})
+        assert isinstance(term.projections[0], nn.Identity)
+        assert _call(term, {"a": f}, {"b": f.clone()}).item() == pytest.approx(0.0, abs=1e-12)
+    cos = _setup("hidden_cosine", {"student": "a", "teacher": "b"}, {"a": f}, {"b": _rand(2, 5, 6, seed=1)})
+    assert (_call(cos, {"a": 3.0 * f}, {"b": _rand(2, 5, 6, seed=1)}).item()
+            == pytest.approx(_call(cos, {"a": f}, {"b": _rand(2, 5, 6, seed=1)}).item(), rel=1e-9))
+    with pytest.raises(TinyKDError, match=r"hidden_mse: student 'a' \(B, 4\) and teacher 'b' \(B, 6, 3, 3\) give 1 vs 9 tokens"):
+        _setup("hidden_mse", {"student": "a", "teacher": "b"}, {"a": _rand(2, 4)}, {"b": _rand(2, 6, 3, 3)})
+
+
+# ----- properties shared by every term ------------------------------------------------------------
+@pytest.mark.parametrize("name", ["fitnet", "at", "nst", "gram", "hidden_mse", "hidden_cosine", "fsp"])
+def test_gradients_reach_student_and_helpers_never_teacher(name):
+    s_feats = {"a": _rand(4, 3, 6, 6), "b": _rand(4, 3, 6, 6, seed=1)}
+    t_feats = {"c": _rand(4, 3, 6, 6, seed=2), "d": _rand(4, 5, 6, 6, seed=3)}
+    if name == "fsp":
+        params = {"student_pairs": [["a", "b"]], "teacher_pairs": [["c", "c"]]}
+    else:
+        params = {"pairs": [["a", "c"], ["b", "d"]]}
+    term = _setup(name, params, s_feats, t_feats).double()
+    s = {k: v.clone().requires_grad_(True) for k, v in s_feats.items()}
+    t = {k: v.clone().requires_grad_(True) for k, v in t_feats.items()}
+    _call(term, s, t).backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in s.values())
+    assert all(v.grad is None for v in t.values())
+    assert all(p.grad is not None for p in term.parameters())
+    assert name not in ("fitnet", "gram", "hidden_mse", "hidden_cosine") or len(list(term.parameters())) > 0
+
+
+def test_param_errors_are_recipe_errors():
+    with pytest.raises(RecipeError, match=r"distill.losses\[0\].pairs: .*name the layers to compare"):
+        build_loss("at", {}, where="distill.losses[0]")
+    with pytest.raises(RecipeError, match=r"'teacher' is missing"):
+        build_loss("nst", {"student": "a"})
+    with pytest.raises(RecipeError, match=r"must be 'auto' or a list"):
+        build_loss("fitnet", {"pairs": "aut"})
+    with pytest.raises(RecipeError, match=r"not both"):
+        build_loss("gram", {"pairs": "auto", "student": "a"})
+    with pytest.raises(RecipeError, match=r"num_pairs only applies with pairs: auto"):
+        build_loss("hidden_mse", {"student": "a", "teacher": "b", "num_pairs": 2})
+    with pytest.raises(RecipeError, match=r"did you mean 'stage1_epochs'"):
+        build_loss("fitnet", {"pairs": "auto", "stage_epochs": 2})
+
+
+# ----- automatic pairs ----------------------------------------------------------------------------
+def _cnn(widths):
+    return create_model("cnn", num_classes=10, in_shape=MNIST, widths=widths, hidden=32)
+
+
+def test_auto_pairs_by_relative_depth_and_spatial_size():
+    assert auto_pairs(_cnn([8, 16]), _cnn([32, 64]), MNIST) == [("features.0", "features.0"), ("features.1", "features.1")]
+    r8, r20 = (create_model(n, num_classes=10, in_shape=MNIST) for n in ("resnet8", "resnet20"))
+    assert auto_pairs(r8, r20, MNIST) == [("layer1", "layer1"), ("layer2", "layer2"), ("layer3", "layer3")]
+    # A 2-stage cnn (14×14, 7×7 maps) against a 3-stage resnet (28, 14, 7): equal sizes at the same relative depth.
+    assert auto_pairs(_cnn([8, 16]), r8, MNIST) == [("features.0", "layer2"), ("features.1", "layer3")]
+    assert auto_pairs(r8, r20, MNIST, n=1) == [("layer3", "layer3")]
+    with pytest.raises(TinyKDError, match=r"asked for 4 pairs but the student has 2 stages \(features.0, features.1\)"):
+        auto_pairs(_cnn([8, 16]), r20, MNIST, n=4)
+    mlp = create_model("mlp", num_classes=10, in_shape=MNIST, hidden=[])
+    with pytest.raises(TinyKDError, match=r"found no stages in the student \(MLP\)"):
+        auto_pairs(mlp, r20, MNIST)
+
+
+def test_pairs_auto_resolves_in_setup_and_sets_capture_paths():
+    student, teacher = _cnn([8, 16]), create_model("resnet8", num_classes=10, in_shape=MNIST)
+    x = torch.randn(4, *MNIST)
+    term = build_loss("fitnet", {"pairs": "auto"})
+    assert term.student_paths == () and term.teacher_paths == ()
+    # As in the trainer: the example outputs hold no features yet, since the paths are unknown before setup.
+    term.setup(SetupContext(student, teacher, Outputs(student(x)), Outputs(teacher(x)), Batch(x, torch.zeros(4).long(),
+                            torch.arange(4)), 4, 10))
+    assert term.pairs == [("features.0", "layer2"), ("features.1", "layer3")]
+    assert term.student_paths == ("features.0", "features.1") and term.teacher_paths == ("layer2", "layer3")
+    assert [(r[0].in_channels, r[0].out_channels) for r in term.regressors] == [(8, 32), (16, 64)]
+    assert term.describe() == "fitnet: features.0→layer2, features.1→layer3"
+
+
+# ----- training -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["fitnet", "at"])
+def test_training_with_feature_term_decreases_it(tmp_path, name):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(160, 1, 8, 8, generator=g)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    train, val = Split(x[:128], y[:128]), Split(x[128:], y[128:])
+    torch.manual_seed(0)
+    teacher = create_model("cnn", num_classes=2, in_shape=(1, 8, 8), widths=[16, 32], hidden=0).eval()
+    student = create_model("cnn", num_classes=2, in_shape=(1, 8, 8), widths=[4, 8], hidden=0)
+    terms = [(1.0, build_loss("ce", {})), (100.0 if name == "at" else 1.0, build_loss(name, {"pairs": "auto"}))]
+    res = Trainer(student, terms, TrainConfig(epochs=4, batch_size=32, lr=0.01), out_dir=tmp_path, label="s",
+                  teacher=teacher, progress=False).fit(train, val)
+    losses = [row[f"loss/{name}"] for row in res.history]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert all(p.grad is None for p in teacher.parameters())
