@@ -498,3 +498,23 @@ def test_mnist1d_options_default_to_the_package_defaults() -> None:
     np.testing.assert_array_equal(np.random.get_state()[1], state)  # global RNG left untouched
     with pytest.raises(DataError, match="num_samples must be an integer >= 10"):
         load_dataset("mnist1d", num_samples=0)
+
+
+def test_random_shift_moves_each_image_by_at_most_max_shift_and_is_identity_in_eval():
+    from tinykd.data.augment import RandomShift
+    torch.manual_seed(0)
+    x = torch.zeros(64, 2, 9, 9)
+    x[:, :, 4, 4] = 1.0  # one lit pixel in the centre of each channel
+    x[:, 1, 4, 4] = 2.0
+    shift = RandomShift(2)
+    out = shift(x)
+    assert out.shape == x.shape
+    offsets = set()
+    for img in out:
+        r, c = (img[0] == 1.0).nonzero()[0].tolist()
+        assert abs(r - 4) <= 2 and abs(c - 4) <= 2
+        assert img[1, r, c] == 2.0  # both channels move together
+        assert img.sum() == 3.0  # nothing else lit: the border is filled with 0
+        offsets.add((r - 4, c - 4))
+    assert len(offsets) > 10  # independent offsets per image (25 possible)
+    assert torch.equal(shift.eval()(x), x)

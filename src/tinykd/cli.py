@@ -172,7 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # dotted overrides may also follow the options: `tinykd run --name x a.b=1`
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if args.command == "run" and overrides:
+        args.overrides = list(args.overrides or []) + overrides
+        extra = [e for e in extra if e not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     console = Console() if sys.stdout.isatty() else Console(width=140)
     try:
         return args.func(args, console)

@@ -139,6 +139,71 @@ class MeasureConfig(_Section):
         return v
 
 
+class PruneConfig(_Section):
+    """Pruning with knowledge-distillation fine-tuning: ``structured`` removes channels (torch-pruning; MACs and
+    latency fall), ``unstructured`` zeroes the smallest weights globally (file size falls once compressed)."""
+
+    method: Literal["structured", "unstructured"] = "structured"
+    amount: float | None = Field(0.5, gt=0, lt=1)  # structured: fraction of channels; unstructured: sparsity
+    macs_target: int | None = Field(None, ge=1)  # structured only: prune until MACs ≤ this (replaces amount)
+    steps: int = Field(1, ge=1)  # prune → fine-tune rounds towards the target
+    finetune_epochs: int = Field(2, ge=1)  # per round, with the distillation losses (teacher: KD from itself)
+    lr: float = Field(1e-3, gt=0)
+
+    @field_validator("macs_target")
+    @classmethod
+    def _structured_only(cls, v, info):
+        if v is not None and info.data.get("method") == "unstructured":
+            raise ValueError("macs_target needs method: structured (unstructured pruning does not remove MACs)")
+        return v
+
+
+class LowRankConfig(_Section):
+    """Truncated-SVD factorisation of the student's Linear/Conv layers, then KD fine-tuning."""
+
+    energy: float = Field(0.9, gt=0, le=1)  # fraction of Σσ² each layer keeps
+    param_budget: int | None = Field(None, ge=1)  # instead of energy: the student's total parameter budget
+    finetune_epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class QATConfig(_Section):
+    """Quantization-aware distillation (torchao PT2E): fake-quantized int8 student fine-tuned with the KD loss."""
+
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(2e-4, gt=0)
+
+
+class CompressConfig(_Section):
+    """Optional compression stages; each adds a variant to the report."""
+
+    prune_teacher: PruneConfig | None = None  # prune the teacher before it teaches
+    prune_student: PruneConfig | None = None  # prune the distilled student
+    lowrank: LowRankConfig | None = None  # low-rank distilled student
+    qat: QATConfig | None = None  # QAT with KD of the distilled student
+
+
+class DeployConfig(_Section):
+    """Edge targets: extra runtimes, the microcontroller fit check and the C array for TensorFlow Lite Micro."""
+
+    target_board: str | dict[str, Any] | None = None  # fail early when the int8 student cannot fit it
+    boards: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: ["nano33ble", "stm32f746", "stm32h743", "esp32", "pico"])
+    fp16: bool = False  # ONNX fp16 student
+    dynamic_int8: bool = False  # ONNX dynamic int8 student (Linear-heavy models)
+    tflite: bool = False  # TFLite fp32 + full-int8 students (pip install 'tinykd[tflite]')
+    executorch: bool = False  # ExecuTorch .pte student, XNNPACK delegate (pip install 'tinykd[executorch]')
+    c_array: bool = False  # the int8 .tflite (else the int8 .onnx) as a C header for TFLM projects
+
+
+class EnergyConfig(_Section):
+    """Energy: a per-operation model per inference (always), CodeCarbon for training (optional extra)."""
+
+    track_training: bool = False  # CodeCarbon offline tracker around each training stage
+    country: str = "USA"  # ISO 3166 alpha-3 code of the grid's carbon intensity
+    memory: Literal["sram_8kb", "sram_32kb", "sram_1mb", "dram_low", "dram_high"] = "sram_1mb"  # where weights/activations live
+
+
 class ReportConfig(_Section):
     enabled: bool = True
 
@@ -156,6 +221,9 @@ class Recipe(_Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     base_dir: str | None = Field(None, exclude=True)  # folder of the recipe file, for relative paths
 

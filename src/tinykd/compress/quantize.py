@@ -1,7 +1,8 @@
-"""Post-training static int8 quantization with ONNX Runtime: QDQ format, per-channel weights, calibrated.
+"""Post-training quantization with ONNX Runtime: static int8 (QDQ format, per-channel weights, calibrated),
+dynamic int8 (weights only, activations quantized at run time) and float16.
 
 The fp32 ONNX graph is first pre-processed (shape inference and graph optimisation, which folds
-BatchNorm into the preceding convolution), then activations are calibrated on training samples.
+BatchNorm into the preceding convolution); static quantization then calibrates activations on training samples.
 """
 from __future__ import annotations
 
@@ -65,3 +66,48 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, calib: np
         int8_path.parent.mkdir(parents=True, exist_ok=True)
         out.replace(int8_path)
     return int8_path
+
+
+def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *, op_types: tuple[str, ...] | None = ("MatMul",),
+                          per_channel: bool = False) -> Path:
+    """Write a dynamic int8 model: int8 weights, activations quantized on the fly per batch (no calibration).
+
+    Suits Linear-heavy models (MLPs, transformers) where the matrix multiplies dominate. ONNX Runtime rewrites
+    each Gemm (a PyTorch Linear) as MatMul + Add, so the default ``op_types=("MatMul",)`` quantizes every Linear;
+    ``("MatMul", "Conv")`` or None (all supported ops) also turns convolutions into ConvInteger.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    if not Path(fp32_path).is_file():
+        raise TinyKDError(f"no ONNX model at {fp32_path}", "export the fp32 model first (tinykd.deploy.onnx.export_onnx)")
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        out = Path(tmp) / "int8.onnx"
+        quantize_dynamic(str(pre), str(out), op_types_to_quantize=list(op_types) if op_types else None,
+                         per_channel=per_channel, weight_type=QuantType.QInt8)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out.replace(out_path)
+    return out_path
+
+
+def convert_onnx_fp16(fp32_path: str | Path, out_path: str | Path, *, keep_io_types: bool = True) -> Path:
+    """Write a float16 copy of an fp32 ONNX model (weights and compute in fp16: half the bytes).
+
+    With ``keep_io_types`` the graph still takes and returns float32 (Cast nodes at the edges), so callers need
+    not change their inputs. Values outside fp16's range are clamped to ±65504 (onnxruntime's converter).
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out_path = Path(out_path)
+    if not Path(fp32_path).is_file():
+        raise TinyKDError(f"no ONNX model at {fp32_path}", "export the fp32 model first (tinykd.deploy.onnx.export_onnx)")
+    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=keep_io_types)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(out_path)
+    return out_path

@@ -2,6 +2,8 @@
 
 Per-term loss logging, validation each epoch, best and last checkpoints (safetensors + JSON of
 optimizer, scheduler and RNG state), exact resume, deterministic shuffling, and a NaN guard.
+Every scheme drives this loop: the teacher may be a TeacherSource (a cache, several teachers) and the
+batches may come from a BatchSource (data-free distillation); see sources.py.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from ..io import load_tensors, read_json, save_tensors, write_json
 from ..recipe import MixupConfig, TrainConfig
 from .capture import FeatureCapture, Outputs, forward_with_features
 from .losses.base import Batch, LossTerm, SetupContext
+from .sources import BatchSource, TeacherSource, as_teacher_source
 
 
 @dataclass
@@ -42,6 +45,33 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of an optimizer's state as ``{prefix}.{param index}.{name}`` for safetensors."""
+    out = {}
+    for idx, state in opt.state_dict()["state"].items():
+        out.update({f"{prefix}.{idx}.{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    return out
+
+
+def optimizer_json(opt: torch.optim.Optimizer) -> dict:
+    """The rest of an optimizer's state (param groups, non-tensor values) for the JSON checkpoint."""
+    state = opt.state_dict()
+    scalars = {str(i): {k: v for k, v in s.items() if not isinstance(v, torch.Tensor)} for i, s in state["state"].items()}
+    return {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, saved: dict) -> None:
+    """Restore what ``optimizer_tensors`` and ``optimizer_json`` saved."""
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            idx, name = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, scalars in saved["scalars"].items():
+        state.setdefault(int(idx), {}).update(scalars)
+    opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -62,16 +92,22 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
 
 
 class Trainer:
-    """Trains ``model`` on a weighted sum of loss terms, optionally with a frozen ``teacher``."""
+    """Trains ``model`` on a weighted sum of loss terms, optionally with a frozen ``teacher``.
+
+    ``teacher`` is a module run live on each batch, or any TeacherSource (a cache of its outputs, an ensemble).
+    ``batches``, a BatchSource, replaces the train split as the maker of training batches (data-free).
+    """
 
     def __init__(self, model: nn.Module, terms: list[tuple[float, LossTerm]], cfg: TrainConfig, *,
-                 out_dir: Path, label: str, seed: int = 0, teacher: nn.Module | None = None,
+                 out_dir: Path, label: str, seed: int = 0, teacher: nn.Module | TeacherSource | None = None,
                  console: Console | None = None, progress: bool = True,
-                 transfer: torch.Tensor | None = None, mixup: MixupConfig | None = None):
+                 transfer: torch.Tensor | None = None, mixup: MixupConfig | None = None,
+                 batches: BatchSource | None = None):
         self.model, self.terms, self.cfg = model, terms, cfg
-        self.transfer, self.mixup = transfer, mixup
+        self.transfer, self.mixup, self.batches = transfer, mixup, batches
         self.out_dir, self.label, self.seed = Path(out_dir), label, seed
         self.teacher = teacher
+        self.teacher_source = as_teacher_source(teacher)
         self.console = console or Console(quiet=not progress)
         self.progress = progress
         needs_teacher = [t.name for _, t in terms if t.needs_teacher]
@@ -81,6 +117,9 @@ class Trainer:
         if (transfer is not None or mixup is not None) and not needs_teacher:
             raise TrainingError("unlabelled transfer data or mixup needs a loss term that learns from the teacher",
                                 "add a teacher-based term such as kd to distill.losses")
+        if batches is not None and (transfer is not None or mixup is not None):
+            raise TrainingError("a batch source (data-free distillation) makes every training batch itself, "
+                                "so transfer data and mixup do not apply", "drop the transfer set and mixup")
         self.helpers = nn.ModuleList([t for _, t in terms])
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps_per_epoch = 0
@@ -92,21 +131,25 @@ class Trainer:
     def _tensors(self) -> dict[str, torch.Tensor]:
         out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         out.update({f"helpers.{k}": v for k, v in self.helpers.state_dict().items()})
-        for idx, state in self.optimizer.state_dict()["state"].items():
-            out.update({f"optim.{idx}.{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)})
+        out.update(optimizer_tensors(self.optimizer, "optim"))
+        if self.batches is not None:
+            out.update({f"source.{k}": v for k, v in self.batches.state_dict().items()})
+            for name, opt in self.batches.optimizers().items():
+                out.update(optimizer_tensors(opt, f"source_optim.{name}"))
         out["rng.torch"] = torch.get_rng_state()
         return out
 
     def _save(self, epoch: int, finished: bool) -> None:
-        opt = self.optimizer.state_dict()
-        scalars = {str(i): {k: v for k, v in s.items() if not isinstance(v, torch.Tensor)} for i, s in opt["state"].items()}
         save_tensors(self.out_dir / "last.safetensors", self._tensors())
-        write_json(self.out_dir / "last.json", {
+        state = {
             "label": self.label, "epoch": epoch, "finished": finished, "best_epoch": self.best[0],
-            "best_val_accuracy": self.best[1], "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
+            "best_val_accuracy": self.best[1], "optimizer": optimizer_json(self.optimizer),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "rng_python": list(random.getstate()[1]), "history": self.history,
-        })
+        }
+        if self.batches is not None:
+            state["source_optimizers"] = {name: optimizer_json(opt) for name, opt in self.batches.optimizers().items()}
+        write_json(self.out_dir / "last.json", state)
 
     def _save_best(self) -> None:
         save_tensors(self.out_dir / "best.safetensors", {k: v for k, v in self.model.state_dict().items()})
@@ -115,14 +158,11 @@ class Trainer:
         tensors = load_tensors(self.out_dir / "last.safetensors")
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.helpers.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("helpers.")})
-        opt_state: dict = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, idx, name = key.split(".", 2)
-                opt_state.setdefault(int(idx), {})[name] = value
-        for idx, scalars in state["optimizer"]["scalars"].items():
-            opt_state.setdefault(int(idx), {}).update(scalars)
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
+        load_optimizer(self.optimizer, tensors, "optim", state["optimizer"])
+        if self.batches is not None:
+            self.batches.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("source.")})
+            for name, opt in self.batches.optimizers().items():
+                load_optimizer(opt, tensors, f"source_optim.{name}", state["source_optimizers"][name])
         if self.scheduler and state["scheduler"]:
             self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(tensors["rng.torch"])
@@ -135,16 +175,26 @@ class Trainer:
         self.model.load_state_dict(load_tensors(self.out_dir / "best.safetensors"))
 
     # ----- training ----------------------------------------------------------------------------
-    def fit(self, train: Split, val: Split) -> TrainResult:
-        """Train for the configured epochs (resuming from ``out_dir/last.*`` if present); loads the best weights."""
+    def fit(self, train: Split | None, val: Split) -> TrainResult:
+        """Train for the configured epochs (resuming from ``out_dir/last.*`` if present); loads the best weights.
+
+        ``train`` may be None when a batch source makes the batches."""
         cfg = self.cfg
+        if train is None:
+            if self.batches is None:
+                raise TrainingError(f"{self.label}: no training data",
+                                    "pass a train split, or a batch source (batches=)")
+            train = Split(val.x[:0], val.y[:0])
         if self.transfer is not None:
             # Transfer inputs follow the labelled ones; label -1 marks them as unlabelled, indices stay unique.
             train = Split(torch.cat([train.x, self.transfer]),
                           torch.cat([train.y, torch.full((len(self.transfer),), -1, dtype=train.y.dtype)]))
+        if self.teacher_source is not None:
+            self.teacher_source.prepare(train, self.console)
         self._setup_terms(train)
         self.optimizer = make_optimizer(list(self.model.parameters()) + list(self.helpers.parameters()), cfg)
-        self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        self.steps_per_epoch = (self.batches.steps_per_epoch if self.batches is not None
+                                else math.ceil(len(train) / cfg.batch_size))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.steps_per_epoch))
         start = 0
         state_path = self.out_dir / "last.json"
@@ -166,7 +216,7 @@ class Trainer:
         t_paths = sorted({p for _, t in self.terms for p in t.teacher_paths})
         with ExitStack() as stack:
             s_run = stack.enter_context(FeatureCapture(self.model, s_paths, role="student"))
-            t_run = stack.enter_context(FeatureCapture(self.teacher, t_paths, role="teacher")) if self.teacher else None
+            t_run = stack.enter_context(self.teacher_source.open(t_paths)) if self.teacher_source else None
             for epoch in range(start + 1, cfg.epochs + 1):
                 row = self._epoch(epoch, train, s_run, t_run)
                 row.update(self._validate(val))
@@ -185,23 +235,33 @@ class Trainer:
         """Let each term build its helpers from example outputs, with the same seed every time (so resume
         rebuilds identical helpers before their weights are restored)."""
         torch.manual_seed(self.seed + 17)
-        idx = torch.arange(min(len(train), 8))
-        batch = Batch(train.x[idx], train.y[idx], idx)
+        if self.batches is not None:
+            batch = self.batches.example(8)
+        else:
+            idx = torch.arange(min(len(train), 8))
+            batch = Batch(train.x[idx], train.y[idx], idx)
         num_classes = int(train.y.max().item()) + 1 if len(train) else 0
+        source = self.teacher_source
+        if source is not None:
+            source.module.eval()
         self.model.eval()  # no BatchNorm statistics are updated by the example pass
         for _, term in self.terms:
             with torch.no_grad():
                 s_out = forward_with_features(self.model, batch.x, term.student_paths, role="student")
-                t_out = (forward_with_features(self.teacher, batch.x, term.teacher_paths, role="teacher")
-                         if self.teacher is not None else None)
-            term.setup(SetupContext(self.model, self.teacher, s_out, t_out, batch, len(train), num_classes))
+                t_out = source.outputs(batch, term.teacher_paths) if source is not None else None
+            if not num_classes:  # data-free: the classes are the logits'
+                num_classes = s_out.logits.shape[1]
+            term.setup(SetupContext(self.model, source.module if source else None, s_out, t_out, batch,
+                                    len(train), num_classes))
 
-    def _epoch(self, epoch: int, train: Split, s_run: FeatureCapture, t_run: FeatureCapture | None) -> dict:
+    def _epoch(self, epoch: int, train: Split, s_run: FeatureCapture, t_run: Callable[[Batch], Outputs] | None) -> dict:
         cfg = self.cfg
         self.model.train()
         self.helpers.train()
-        if self.teacher is not None:
-            self.teacher.eval()
+        if self.teacher_source is not None:
+            self.teacher_source.module.eval()
+        if self.batches is not None:
+            self.batches.train()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(train), generator=g)
         for _, term in self.terms:
@@ -211,23 +271,28 @@ class Trainer:
         t0 = time.perf_counter()
         with self._bar(f"{self.label} epoch {epoch}/{cfg.epochs}", self.steps_per_epoch) as (bar, task):
             for step in range(self.steps_per_epoch):
-                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                batch = Batch(train.x[idx], train.y[idx], idx)
+                if self.batches is not None:
+                    batch = self.batches.next_batch(epoch, step)
+                else:
+                    idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                    batch = Batch(train.x[idx], train.y[idx], idx)
                 if self.mixup is not None:
                     batch = self._mix(batch, g)
                 student = s_run(batch.x)
                 teacher = None
                 if t_run is not None:
                     with torch.no_grad():
-                        teacher = t_run(batch.x)
+                        teacher = t_run(batch)
                 loss, parts = self._loss(student, teacher, batch, epoch, step)
+                if self.batches is not None:
+                    parts.update({f"source/{k}": float(v) for k, v in self.batches.parts.items()})
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(list(self.model.parameters()) + list(self.helpers.parameters()), cfg.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
-                n = len(idx)
+                n = len(batch.x) if self.batches is not None else len(idx)
                 seen += n
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v * n

@@ -1,0 +1,315 @@
+"""Data-free distillation: the student never sees a training sample; it learns from the teacher on synthetic inputs.
+
+* DAFL (Chen et al., ICCV 2019): a generator G(z), trained against the frozen teacher, makes every batch
+  (``DAFLBatches``, a BatchSource for the trainer); the student learns KD from the teacher on G(z).
+* DeepInversion (Yin et al., CVPR 2020): input batches optimised so the statistics they induce in each of the
+  teacher's BatchNorm layers match the layer's running statistics, plus cross-entropy to chosen targets and
+  image priors (``deep_inversion`` returns a synthetic split to distil on).
+
+``save_grid`` writes a PNG of synthetic samples (images, or signals as line plots).
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from ...data.spec import Split
+from ...errors import TinyKDError
+from ...io import atomic_write
+from ..capture import FeatureCapture, _first_tensor
+from ..losses.base import Batch
+from ..sources import BatchSource
+
+
+# ----- generator ----------------------------------------------------------------------------------
+class Generator(nn.Module):
+    """DAFL's generator (after DCGAN), for inputs shaped (C, H, W) or (C, L); an MLP for any other shape.
+
+    z → linear → ``base`` channels at ¼ size → ×2 upsample, conv3-BN-LeakyReLU → upsample to full size,
+    conv3-BN-LeakyReLU (base/2) → conv3 to C channels → tanh → BatchNorm without affine. The last BN keeps
+    every channel near zero mean and unit variance, like the standardised data the teacher was trained on.
+    """
+
+    def __init__(self, in_shape: Sequence[int], latent_dim: int = 100, base: int = 128):
+        super().__init__()
+        self.in_shape, self.latent_dim = tuple(in_shape), latent_dim
+        rank = len(self.in_shape) - 1
+        self.rank = rank if rank in (1, 2) else 0
+        if self.rank == 0:
+            size = math.prod(self.in_shape)
+            self.net = nn.Sequential(nn.Linear(latent_dim, base * 2), nn.BatchNorm1d(base * 2), nn.LeakyReLU(0.2),
+                                     nn.Linear(base * 2, size), nn.Tanh(), nn.BatchNorm1d(size, affine=False))
+            return
+        conv, bn = (nn.Conv1d, nn.BatchNorm1d) if self.rank == 1 else (nn.Conv2d, nn.BatchNorm2d)
+        spatial = self.in_shape[1:]
+        self.sizes = [tuple(math.ceil(s / 4) for s in spatial), tuple(math.ceil(s / 2) for s in spatial), spatial]
+        self.base = base
+        self.l1 = nn.Linear(latent_dim, base * math.prod(self.sizes[0]))
+        self.bn0 = bn(base)
+        self.block1 = nn.Sequential(conv(base, base, 3, padding=1), bn(base), nn.LeakyReLU(0.2))
+        self.block2 = nn.Sequential(conv(base, base // 2, 3, padding=1), bn(base // 2), nn.LeakyReLU(0.2),
+                                    conv(base // 2, self.in_shape[0], 3, padding=1), nn.Tanh(),
+                                    bn(self.in_shape[0], affine=False))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.rank == 0:
+            return self.net(z).view(len(z), *self.in_shape)
+        h = self.bn0(self.l1(z).view(len(z), self.base, *self.sizes[0]))
+        h = self.block1(F.interpolate(h, size=self.sizes[1], mode="nearest"))
+        return self.block2(F.interpolate(h, size=self.sizes[2], mode="nearest"))
+
+
+# ----- DAFL ---------------------------------------------------------------------------------------
+def dafl_losses(logits: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """DAFL's three generator losses on the teacher's outputs for a generated batch (Chen et al. 2019, eq. 2–5):
+
+    * one_hot: (1/n) Σ_i CE(y_T^i, t^i), t^i = argmax y_T^i: generated samples should look like some class;
+    * activation: −(1/n) ‖f_T‖₁ per element (the authors' code: −mean |f|), f the teacher's penultimate features;
+    * info_entropy: −H((1/n) Σ_i softmax(y_T^i)), natural log: classes should be balanced over the batch
+      (the authors' code uses log10, so their weight 5 corresponds to 5 / ln 10 ≈ 2.2 here).
+    """
+    p_mean = F.softmax(logits, dim=1).mean(0)
+    return {"one_hot": F.cross_entropy(logits, logits.argmax(1)),
+            "activation": -features.abs().mean(),
+            "info_entropy": (p_mean * torch.log(p_mean.clamp_min(1e-12))).sum()}
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The last nn.Linear registered in ``model``, usually its classifier."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise TinyKDError("the teacher has no nn.Linear classifier whose input could serve as its penultimate feature",
+                          "pass feature_path, the module path of the teacher's penultimate feature")
+    return linears[-1]
+
+
+class DAFLBatches(BatchSource):
+    """Every training batch is G(z), z ~ N(0, I); before returning it, G takes one step on DAFL's loss
+    one_hot·L_oh + activation·L_a + info_entropy·L_ie against the frozen teacher (only G's parameters get
+    gradients). The student then learns from the teacher on the (detached) batch, as in DAFL's joint loop.
+
+    ``feature_path``: the teacher module whose output is the penultimate feature; by default the input of its
+    last linear layer. Batches carry label -1 and index -1.
+    """
+
+    def __init__(self, teacher: nn.Module, in_shape: Sequence[int], *, steps_per_epoch: int = 50,
+                 batch_size: int = 256, latent_dim: int = 100, lr: float = 1e-3, one_hot: float = 1.0,
+                 activation: float = 0.1, info_entropy: float = 5.0, feature_path: str | None = None,
+                 generator: nn.Module | None = None, base: int = 128):
+        super().__init__()
+        self.__dict__["teacher"] = teacher  # not a submodule: never trained, saved or switched to train mode here
+        self.in_shape, self.latent_dim, self.batch_size = tuple(in_shape), latent_dim, batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.weights = {"one_hot": one_hot, "activation": activation, "info_entropy": info_entropy}
+        self.feature_path = feature_path
+        self.generator = generator if generator is not None else Generator(self.in_shape, latent_dim, base)
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=lr)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.optimizer}
+
+    def sample(self, n: int) -> torch.Tensor:
+        """``n`` generated inputs, without gradients, with G in eval mode."""
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            with torch.no_grad():
+                return self.generator(torch.randn(n, self.latent_dim))
+        finally:
+            self.generator.train(was_training)
+
+    def example(self, n: int) -> Batch:
+        none = torch.full((n,), -1, dtype=torch.long)
+        return Batch(self.sample(n), none, none.clone())
+
+    def teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's logits and penultimate features on ``x`` (with gradients to ``x``)."""
+        self.teacher.eval()
+        if self.feature_path is not None:
+            with FeatureCapture(self.teacher, [self.feature_path], role="teacher") as cap:
+                out = cap(x)
+            return out.logits, out.features[self.feature_path].flatten(1)
+        seen = {}
+        handle = last_linear(self.teacher).register_forward_pre_hook(lambda _m, inputs: seen.setdefault("f", inputs[0]))
+        try:
+            logits = _first_tensor(self.teacher(x))
+        finally:
+            handle.remove()
+        return logits, seen["f"].flatten(1)
+
+    def next_batch(self, epoch: int, step: int) -> Batch:
+        x = self.generator(torch.randn(self.batch_size, self.latent_dim))
+        logits, features = self.teacher_outputs(x)
+        losses = dafl_losses(logits, features)
+        loss = sum(self.weights[k] * v for k, v in losses.items())
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params)  # the generator's only: the teacher stays untouched
+        self.optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(params, grads):
+            p.grad = g
+        self.optimizer.step()
+        self.parts = {**{k: float(v.detach()) for k, v in losses.items()}, "generator": float(loss.detach())}
+        none = torch.full((len(x),), -1, dtype=torch.long)
+        return Batch(x.detach(), none, none.clone())
+
+
+# ----- DeepInversion ------------------------------------------------------------------------------
+class BNStatistics:
+    """Context manager: forward hooks on every BatchNorm of ``model`` record, per layer, DeepInversion's
+    feature-distribution regulariser r_l = ‖μ_l(x) − μ_l^BN‖₂ + ‖σ²_l(x) − σ²_l^BN‖₂, with μ_l(x), σ²_l(x) the
+    per-channel mean and (biased) variance of the layer's input over the batch and spatial positions."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not self.layers:
+            raise TinyKDError("DeepInversion needs a teacher with BatchNorm layers (their running statistics are "
+                              "what the inputs are fitted to)", "use a teacher with BatchNorm, or DAFL")
+        self.values: list[torch.Tensor] = []
+        self._handles = []
+
+    def _hook(self, module: nn.modules.batchnorm._BatchNorm, inputs, _output) -> None:
+        x = inputs[0]
+        dims = [0, *range(2, x.dim())]
+        mean = x.mean(dims)
+        var = x.transpose(0, 1).reshape(x.shape[1], -1).var(1, unbiased=False)
+        self.values.append(torch.norm(module.running_mean - mean, 2) + torch.norm(module.running_var - var, 2))
+
+    def __enter__(self) -> BNStatistics:
+        self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def take(self) -> list[torch.Tensor]:
+        """The r_l of the last forward pass, in execution order, and forget them."""
+        values, self.values = self.values, []
+        return values
+
+
+def image_priors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepInversion's total-variation priors (tv_l1, tv_l2) over neighbouring positions, as the authors' code:
+    for images the four differences (right, down and both diagonals), tv_l2 = Σ_d ‖diff_d‖₂ (whole batch),
+    tv_l1 = Σ_d mean |diff_d|; for signals (B, C, L) the one difference along L."""
+    if x.dim() == 4:
+        diffs = [x[:, :, :, :-1] - x[:, :, :, 1:], x[:, :, :-1, :] - x[:, :, 1:, :],
+                 x[:, :, 1:, :-1] - x[:, :, :-1, 1:], x[:, :, :-1, :-1] - x[:, :, 1:, 1:]]
+    elif x.dim() == 3:
+        diffs = [x[:, :, :-1] - x[:, :, 1:]]
+    else:
+        zero = x.sum() * 0.0
+        return zero, zero
+    return sum(d.abs().mean() for d in diffs), sum(torch.norm(d) for d in diffs)
+
+
+def inversion_losses(logits: torch.Tensor, targets: torch.Tensor, x: torch.Tensor, bn: list[torch.Tensor], *,
+                     bn_weight: float, first_bn_multiplier: float, tv_l1: float, tv_l2: float,
+                     l2: float) -> dict[str, torch.Tensor]:
+    """The DeepInversion objective and its parts:
+    CE(teacher(x), targets) + bn_weight·(m·r_1 + Σ_{l>1} r_l) + tv_l1·TV₁ + tv_l2·TV₂ + l2·mean_i ‖x_i‖₂."""
+    ce = F.cross_entropy(logits, targets)
+    r = sum((first_bn_multiplier if i == 0 else 1.0) * v for i, v in enumerate(bn))
+    prior_l1, prior_l2 = image_priors(x)
+    norm = torch.norm(x.flatten(1), dim=1).mean()
+    total = ce + bn_weight * r + tv_l1 * prior_l1 + tv_l2 * prior_l2 + l2 * norm
+    return {"total": total, "ce": ce, "bn": r, "tv_l1": prior_l1, "tv_l2": prior_l2, "l2": norm}
+
+
+def invert_batch(teacher: nn.Module, targets: torch.Tensor, in_shape: Sequence[int], *, iterations: int = 200,
+                 lr: float = 0.1, bn_weight: float = 0.05, first_bn_multiplier: float = 10.0, tv_l1: float = 0.0,
+                 tv_l2: float = 1e-4, l2: float = 1e-5, jitter: int = 0, flip: bool = False) -> torch.Tensor:
+    """Inputs (len(targets), *in_shape) optimised by Adam (β = 0.5, 0.9; cosine learning rate, as the authors)
+    on ``inversion_losses`` against the frozen teacher (in eval mode; only the inputs get gradients).
+    ``jitter``: random circular shifts of up to that many positions each step; ``flip``: random mirroring."""
+    teacher.eval()
+    x = torch.randn(len(targets), *in_shape, requires_grad=True)
+    opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9), eps=1e-8)
+    spatial = tuple(range(2, 2 + len(in_shape) - 1))
+    with BNStatistics(teacher) as stats:
+        for it in range(iterations):
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * it / iterations))
+            view = x
+            if jitter and spatial:
+                shifts = tuple(int(s) for s in torch.randint(-jitter, jitter + 1, (len(spatial),)))
+                view = torch.roll(view, shifts=shifts, dims=spatial)
+            if flip and spatial and bool(torch.rand(()) < 0.5):
+                view = torch.flip(view, dims=(spatial[-1],))
+            logits = _first_tensor(teacher(view))
+            loss = inversion_losses(logits, targets, view, stats.take(), bn_weight=bn_weight,
+                                    first_bn_multiplier=first_bn_multiplier, tv_l1=tv_l1, tv_l2=tv_l2, l2=l2)["total"]
+            (grad,) = torch.autograd.grad(loss, [x])
+            x.grad = grad
+            opt.step()
+    return x.detach()
+
+
+def deep_inversion(teacher: nn.Module, in_shape: Sequence[int], num_samples: int, *, num_classes: int | None = None,
+                   batch_size: int = 64, seed: int = 0, console: Console | None = None, **options) -> Split:
+    """A synthetic training split: ``num_samples`` inputs inverted from the teacher in batches, with balanced
+    target classes (i mod num_classes) as labels. ``options`` go to ``invert_batch``. The global RNG is left as it was.
+    Train the student on it with a teacher-based term (kd); the labels are the targets the inputs were fitted to."""
+    console = console or Console(quiet=True)
+    if num_classes is None:
+        teacher.eval()
+        with torch.no_grad():
+            num_classes = _first_tensor(teacher(torch.zeros(2, *in_shape))).shape[1]
+    targets = torch.arange(num_samples) % num_classes
+    out = []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        targets = targets[torch.randperm(num_samples)]
+        for start in range(0, num_samples, batch_size):
+            out.append(invert_batch(teacher, targets[start:start + batch_size], in_shape, **options))
+            console.print(f"[dim]DeepInversion: {min(start + batch_size, num_samples)}/{num_samples} samples[/]")
+    x = torch.cat(out)
+    with torch.no_grad():
+        teacher.eval()
+        agree = (_first_tensor(teacher(x)).argmax(1) == targets).float().mean().item()
+    console.print(f"[dim]DeepInversion: the teacher assigns {100 * agree:.1f}% of the samples to their target class[/]")
+    return Split(x, targets)
+
+
+# ----- pictures -----------------------------------------------------------------------------------
+def save_grid(x: torch.Tensor, path: str | Path, *, labels: Sequence | None = None, ncol: int = 8,
+              max_items: int = 64, title: str | None = None) -> Path:
+    """A PNG grid of samples: (C, H, W) images (grey, or RGB when C = 3; each scaled to its own range) or
+    (C, L) signals as line plots; ``labels`` are written above the cells."""
+    from matplotlib.figure import Figure
+
+    x = x[:max_items].detach().float().cpu()
+    n = len(x)
+    if n == 0:
+        raise TinyKDError("save_grid got no samples", "pass a non-empty batch")
+    ncol = min(ncol, n)
+    nrow = math.ceil(n / ncol)
+    fig = Figure(figsize=(1.2 * ncol, 1.25 * nrow + (0.4 if title else 0)))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        s = x[i]
+        if s.dim() == 3:
+            img = s.permute(1, 2, 0) if s.shape[0] == 3 else s.mean(0)
+            img = (img - img.min()) / (img.max() - img.min() + 1e-8)
+            ax.imshow(img.numpy(), cmap=None if s.shape[0] == 3 else "gray", interpolation="nearest")
+        else:
+            for channel in s.reshape(-1, s.shape[-1]):
+                ax.plot(channel.numpy(), linewidth=0.8)
+        if labels is not None:
+            ax.set_title(str(labels[i]), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return atomic_write(Path(path), buf.getvalue())
