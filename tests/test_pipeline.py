@@ -37,9 +37,9 @@ def test_every_artifact_is_written(tiny_run):
                 "student/best.safetensors", "student_scratch/last.json"]:
         assert (d / rel).is_file(), rel
     figures = sorted(p.name for p in (d / "figures").glob("*.png"))
-    assert len(figures) == 5, figures
+    assert len(figures) == 6, figures
     html = (d / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 5
+    assert html.count("data:image/png;base64,") >= 6
 
 
 def test_metrics_schema_and_values(tiny_run):
@@ -114,3 +114,45 @@ def test_existing_run_is_never_overwritten(tiny_run):
     from tinykd.errors import RecipeError
     with pytest.raises(RecipeError, match=r"(?s)already exists.*--resume"):
         run(recipe, run_dir=tiny_run.run_dir, progress=False)
+
+
+EDGE = {**TINY, "name": "edge",
+        "teacher": {**TINY["teacher"], "train": {**TINY["teacher"]["train"], "epochs": 2}},
+        "student": {**TINY["student"], "train": {**TINY["student"]["train"], "epochs": 2}},
+        "compress": {"prune_student": {"method": "structured", "amount": 0.5, "finetune_epochs": 1},
+                     "lowrank": {"energy": 0.8, "finetune_epochs": 1},
+                     "qat": {"epochs": 1}},
+        "deploy": {"target_board": "nano33ble", "boards": ["nano33ble", "pico"], "fp16": True, "dynamic_int8": True}}
+
+
+def test_compression_and_deployment_stages_add_measured_variants(tmp_path):
+    """Each optional stage appears as a variant measured in its own runtime, with energy and an MCU verdict."""
+    res = run(load_recipe(EDGE, [f"output_dir={tmp_path}"]), progress=False)
+    m = res.metrics
+    v = m["variants"]
+    for name, runtime in [("student_pruned", "pytorch"), ("student_pruned_int8", "ort_int8"),
+                          ("student_lowrank", "pytorch"), ("student_lowrank_int8", "ort_int8"),
+                          ("student_qat", "ort_int8"), ("student_fp16", "ort_fp16"),
+                          ("student_dynamic_int8", "ort_dynamic_int8")]:
+        assert v[name]["runtime"] == runtime, name
+        assert (res.run_dir / v[name]["artifact"]).is_file()
+        assert 0.0 <= v[name]["accuracy"] <= 1.0
+        assert v[name]["energy"]["label"] == "estimate" and v[name]["energy"]["total_uj"] > 0
+    assert v["student_pruned"]["macs"] < v["student"]["macs"]  # channels really removed
+    assert v["student_pruned"]["params"] < v["student"]["params"]
+    assert v["student_fp16"]["agreement_with_fp32_student"] > 0.95
+    assert v["student_int8"]["energy"]["total_uj"] < v["teacher"]["energy"]["total_uj"]
+    assert set(m["mcu"]["boards"]) == {"nano33ble", "pico"} and m["mcu"]["target_board"] == "nano33ble"
+    assert m["mcu"]["boards"]["nano33ble"]["fits"] and m["mcu"]["flash_bytes"] == v["student_int8"]["file_bytes"]
+    assert set(m["compression"]) == {"prune_student", "lowrank", "qat"}
+    html = res.report.read_text()
+    assert "Deployment" in html and "nano33ble" in html.lower() or "Nano 33" in html
+
+
+def test_target_board_that_cannot_fit_fails_before_training(tmp_path):
+    from tinykd.errors import TinyKDError
+    tiny_board = {"name": "tiny_mcu", "flash_kb": 70, "sram_kb": 17}
+    with pytest.raises(TinyKDError, match=r"deploy.target_board: the int8 student \(cnn\) cannot fit tiny_mcu") as err:
+        run(load_recipe({**TINY, "deploy": {"target_board": tiny_board}}, [f"output_dir={tmp_path}"]), progress=False)
+    assert "fix:" in str(err.value)
+    assert not list(tmp_path.glob("*/teacher/*.safetensors"))  # no training happened

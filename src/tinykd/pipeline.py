@@ -1,10 +1,14 @@
 """Runs the stages of a recipe in order and owns the run directory. The only module that knows the order.
 
-data → teacher (train or load) → student from scratch (baseline) → distilled student → ONNX export →
-int8 static quantization → measurement → metrics.json, history.csv → report.html
+data → [microcontroller pre-check] → teacher (train or load) → [prune the teacher] → student from scratch
+(baseline) → distilled student → [prune / low-rank / QAT-with-KD students] → ONNX export → int8 static
+quantization → [fp16, dynamic int8, TFLite, ExecuTorch, C array] → measurement (accuracy, agreement, size, MACs,
+latency, energy, microcontroller fit) → metrics.json, history.csv → report.html. Brackets: optional stages.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
 import datetime as dt
 import io
@@ -19,7 +23,8 @@ from rich.console import Console
 from torch import nn
 
 from . import __version__
-from .compress.quantize import calibration_subset, quantize_onnx_static
+from .compress.quantize import (calibration_subset, convert_onnx_fp16, quantize_onnx_dynamic,
+                                quantize_onnx_static)
 from .data import load_dataset
 from .data.spec import DataBundle
 from .deploy.onnx import export_onnx, ort_predict, ort_session
@@ -27,15 +32,23 @@ from .distill.losses import build_loss
 from .distill.trainer import Trainer
 from .errors import RecipeError, TinyKDError
 from .inference import predict_logits
+from .compress.prune import DEFAULT_LOSSES, finetune, iterative_prune
 from .io import atomic_write, load_state_dict, load_weights, write_json
 from .measure import (agreement, classification_metrics, count_macs, count_params, file_bytes, ort_latency,
                       torch_latency)
 from .models import create_model
-from .recipe import Recipe, load_recipe
+from .recipe import PruneConfig, Recipe, TrainConfig, load_recipe
 
 CLAIMS = {"accuracy_retention": [0.90, 0.97], "size_reduction_pct": [50, 70], "speedup": [2, 5]}
 LABELS = {"teacher": "Teacher (fp32)", "student_scratch": "Student from scratch (fp32)",
-          "student": "Distilled student (fp32)", "student_int8": "Distilled student (int8, ORT)"}
+          "student": "Distilled student (fp32)", "student_int8": "Distilled student (int8, ORT)",
+          "teacher_pruned": "Pruned teacher (fp32)", "student_pruned": "Pruned student (fp32)",
+          "student_pruned_int8": "Pruned student (int8, ORT)", "student_lowrank": "Low-rank student (fp32)",
+          "student_lowrank_int8": "Low-rank student (int8, ORT)", "student_qat": "QAT-KD student (int8, ORT)",
+          "student_fp16": "Distilled student (fp16, ORT)", "student_dynamic_int8": "Distilled student (dynamic int8, ORT)",
+          "student_tflite": "Distilled student (fp32, TFLite)", "student_tflite_int8": "Distilled student (int8, TFLite)",
+          "student_pte": "Distilled student (fp32, ExecuTorch)"}
+PARITY_MIN = 0.99  # an artifact agreeing with its fp32 PyTorch source on fewer test predictions is flagged
 
 
 @dataclass
@@ -98,6 +111,12 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
     bundle = data or _load_data(recipe, console)
     spec = bundle.spec
     histories: list[dict] = []
+    if recipe.deploy.target_board is not None:
+        _precheck_fit(recipe, _fresh_student(recipe, spec, student), bundle, console)
+    emissions: dict[str, dict] = {}
+
+    def tracked(label: str):
+        return _tracked(recipe, run_dir, label, emissions)
 
     teacher_model = teacher or _create(recipe.teacher.model, recipe.teacher.kwargs, spec, "teacher", recipe.seed)
     if recipe.teacher.checkpoint:
@@ -105,18 +124,29 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
         load_weights(teacher_model, load_state_dict(path), source=str(path))
         console.print(f"teacher: loaded weights from {path}")
     else:
-        res = Trainer(teacher_model, [(1.0, build_loss("ce", {"label_smoothing": recipe.teacher.train.label_smoothing}))],
-                      recipe.teacher.train, out_dir=run_dir / "teacher", label="teacher", seed=recipe.seed,
-                      console=console, progress=progress).fit(bundle.train, bundle.val)
+        with tracked("teacher"):
+            res = Trainer(teacher_model, [(1.0, build_loss("ce", {"label_smoothing": recipe.teacher.train.label_smoothing}))],
+                          recipe.teacher.train, out_dir=run_dir / "teacher", label="teacher", seed=recipe.seed,
+                          console=console, progress=progress).fit(bundle.train, bundle.val)
         histories += res.history
     teacher_model.eval().requires_grad_(False)
 
     models: dict[str, nn.Module] = {"teacher": teacher_model}
+    compression: dict[str, object] = {}
+    distill_teacher = teacher_model
+    if recipe.compress.prune_teacher is not None:
+        with tracked("teacher_pruned"):
+            pruned, rows = _prune(recipe.compress.prune_teacher, teacher_model, teacher_model, recipe.teacher.train,
+                                  DEFAULT_LOSSES, bundle, run_dir / "teacher_pruned", recipe.seed, "teacher", console, progress)
+        distill_teacher = models["teacher_pruned"] = pruned.eval().requires_grad_(False)
+        compression["prune_teacher"] = rows
+
     if recipe.distill.scratch_baseline:
         scratch = _fresh_student(recipe, spec, student)
-        res = Trainer(scratch, [(1.0, build_loss("ce", {"label_smoothing": recipe.student.train.label_smoothing}))],
-                      recipe.student.train, out_dir=run_dir / "student_scratch", label="student_scratch",
-                      seed=recipe.seed, console=console, progress=progress).fit(bundle.train, bundle.val)
+        with tracked("student_scratch"):
+            res = Trainer(scratch, [(1.0, build_loss("ce", {"label_smoothing": recipe.student.train.label_smoothing}))],
+                          recipe.student.train, out_dir=run_dir / "student_scratch", label="student_scratch",
+                          seed=recipe.seed, console=console, progress=progress).fit(bundle.train, bundle.val)
         histories += res.history
         models["student_scratch"] = scratch
 
@@ -124,16 +154,23 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
     terms = [(l.weight, build_loss(l.name, l.params(), where=f"distill.losses[{i}]"))
              for i, l in enumerate(recipe.distill.losses)]
     transfer = _transfer_inputs(recipe, bundle, console) if recipe.distill.transfer else None
-    res = Trainer(distilled, terms, recipe.student.train, out_dir=run_dir / "student", label="student",
-                  seed=recipe.seed, teacher=teacher_model, console=console, progress=progress,
-                  transfer=transfer, mixup=recipe.distill.mixup).fit(bundle.train, bundle.val)
+    with tracked("student"):
+        res = Trainer(distilled, terms, recipe.student.train, out_dir=run_dir / "student", label="student",
+                      seed=recipe.seed, teacher=distill_teacher, console=console, progress=progress,
+                      transfer=transfer, mixup=recipe.distill.mixup).fit(bundle.train, bundle.val)
     histories += res.history
     models["student"] = distilled
     helper_params = sum(count_params(t) for _, t in terms)
 
-    artifacts = _export(recipe, models, bundle, run_dir, console)
+    qat_model = _compress_student(recipe, distilled, distill_teacher, bundle, run_dir, models, compression,
+                                  tracked, console, progress)
+    artifacts = _export(recipe, models, bundle, run_dir, console, qat_model)
     metrics = _measure(recipe, models, artifacts, bundle, run_dir, console)
     metrics["run"].update({"helper_params": helper_params, "seconds": round(time.perf_counter() - t_start, 1)})
+    if compression:
+        metrics["compression"] = compression
+    if emissions:
+        metrics["training_energy"] = emissions
     write_json(run_dir / "metrics.json", metrics)
     _write_history(run_dir / "history.csv", histories)
     if recipe.report.enabled:
@@ -141,6 +178,132 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
         with console.status("writing report"):
             write_report(run_dir, metrics, histories, recipe.to_yaml())
     return RunResult(run_dir, metrics, histories, models)
+
+
+# ----- optional stages: microcontroller pre-check, energy tracking, compression -------------------------------
+def _precheck_fit(recipe: Recipe, student: nn.Module, bundle: DataBundle, console: Console) -> None:
+    """Fail before any training when the int8 student cannot fit ``deploy.target_board``.
+
+    The untrained student goes through the same export and int8 quantization as the trained one will (the
+    file's size does not depend on the weights' values), and the peak SRAM comes from its graph at one byte per
+    activation element, so the check uses the numbers the final fit table will show.
+    """
+    import tempfile
+
+    from .deploy.mcu import get_board, require_fit
+    from .measure.memory import peak_activation_memory
+
+    try:
+        board = get_board(recipe.deploy.target_board)
+    except TinyKDError as err:
+        raise type(err)(err.what, err.fix, where="deploy.target_board") from None
+    shape = tuple(bundle.spec.shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(copy.deepcopy(student), shape, Path(tmp) / "student.onnx", opset=recipe.export.opset)
+        q = recipe.quantize
+        int8 = quantize_onnx_static(fp32, Path(tmp) / "student.int8.onnx", bundle.train.x[:16].numpy(),
+                                    per_channel=q.per_channel, activation_type=q.activation_type)
+        flash = file_bytes(int8 if q.enabled else fp32)
+        sram = peak_activation_memory(fp32, activation_bytes=1).peak_bytes
+    try:
+        fit = require_fit(flash, sram, board)
+    except TinyKDError as err:
+        raise TinyKDError(f"the int8 student ({recipe.student.model}) cannot fit {board.name}: {err.what}", err.fix,
+                          where="deploy.target_board") from None
+    console.print(f"microcontroller pre-check: {fit.summary()}")
+
+
+@contextlib.contextmanager
+def _tracked(recipe: Recipe, run_dir: Path, label: str, out: dict):
+    """CodeCarbon's offline tracker around a training stage when ``energy.track_training`` is on."""
+    if not recipe.energy.track_training:
+        yield
+        return
+    from .measure.energy import track_training
+
+    with track_training(label, run_dir / "emissions" / label, recipe.energy.country) as result:
+        yield
+    out[label] = result.as_dict()
+
+
+def _finetune_cfg(base: TrainConfig, epochs: int, lr: float) -> TrainConfig:
+    return base.model_copy(update={"epochs": epochs, "lr": lr, "warmup_epochs": 0})
+
+
+def _prune(cfg: PruneConfig, model: nn.Module, teacher: nn.Module, train_cfg: TrainConfig, losses, bundle: DataBundle,
+           out_dir: Path, seed: int, role: str, console: Console, progress: bool) -> tuple[nn.Module, list[dict]]:
+    """A pruned copy of ``model``, fine-tuned with ``losses`` (KD from ``teacher``) after each of ``cfg.steps``."""
+    structured = cfg.method == "structured"
+    target = None if cfg.macs_target is not None else cfg.amount
+    console.print(f"pruning the {role}: {cfg.method}, "
+                  + (f"to {cfg.macs_target:,} MACs" if cfg.macs_target else f"amount {cfg.amount:g}")
+                  + f", {cfg.steps} step(s) × {cfg.finetune_epochs} fine-tuning epoch(s)")
+    try:
+        pruned, rows = iterative_prune(copy.deepcopy(model).train().requires_grad_(True), teacher, bundle.train,
+                                       bundle.val, target_sparsity=target, macs_target=cfg.macs_target,
+                                       steps=cfg.steps, finetune_cfg=_finetune_cfg(train_cfg, cfg.finetune_epochs, cfg.lr),
+                                       losses=losses, structured=structured, out_dir=out_dir, seed=seed,
+                                       progress=progress)
+    except TinyKDError as err:
+        raise type(err)(err.what, err.fix, where=f"compress.prune_{role}") from None
+    last = rows[-1]
+    console.print(f"pruned {role}: {last['params']:,} params ({last['nonzero_params']:,} non-zero), "
+                  f"{last['macs']:,} MACs, val acc {100 * last['val_accuracy']:.2f}%")
+    return pruned, rows
+
+
+def _logit_losses(recipe: Recipe) -> list:
+    """The recipe's distillation losses if none reads intermediate features (QAT graphs have no module paths)."""
+    terms = [build_loss(l.name, l.params()) for l in recipe.distill.losses]
+    if any(t.student_paths or t.teacher_paths for t in terms):
+        return list(DEFAULT_LOSSES)
+    return list(recipe.distill.losses)
+
+
+def _compress_student(recipe: Recipe, student: nn.Module, teacher: nn.Module, bundle: DataBundle, run_dir: Path,
+                      models: dict, compression: dict, tracked, console: Console, progress: bool):
+    """Pruned, low-rank and QAT-with-KD variants of the distilled student, as the recipe asks; returns the QAT model."""
+    c = recipe.compress
+    base_cfg = recipe.student.train
+    if c.prune_student is not None:
+        with tracked("student_pruned"):
+            models["student_pruned"], compression["prune_student"] = _prune(
+                c.prune_student, student, teacher, base_cfg, list(recipe.distill.losses), bundle,
+                run_dir / "student_pruned", recipe.seed, "student", console, progress)
+    if c.lowrank is not None:
+        from .compress.lowrank import lowrank_factorize
+
+        low = copy.deepcopy(student)
+        try:
+            report = lowrank_factorize(low, energy=None if c.lowrank.param_budget else c.lowrank.energy,
+                                       param_budget=c.lowrank.param_budget)
+        except TinyKDError as err:
+            raise type(err)(err.what, err.fix, where="compress.lowrank") from None
+        console.print(f"low-rank student: {report['params_before']:,} → {report['params_after']:,} params; "
+                      f"KD fine-tuning {c.lowrank.finetune_epochs} epoch(s)")
+        with tracked("student_lowrank"):
+            res = finetune(low, teacher, bundle.train, bundle.val,
+                           _finetune_cfg(base_cfg, c.lowrank.finetune_epochs, c.lowrank.lr),
+                           list(recipe.distill.losses), run_dir / "student_lowrank", label="student_lowrank",
+                           seed=recipe.seed, progress=progress)
+        compression["lowrank"] = {**report, "finetune_best_val_accuracy": res.best_val_accuracy}
+        models["student_lowrank"] = low
+    if c.qat is None:
+        return None
+    from .compress.qat import qat_distill
+
+    losses = _logit_losses(recipe)
+    console.print(f"quantization-aware distillation: {c.qat.epochs} epoch(s), losses "
+                  f"{', '.join(l['name'] if isinstance(l, dict) else l.name for l in losses)}")
+    calib = torch.as_tensor(calibration_subset(bundle.train.x, bundle.train.y, recipe.quantize.calibration_samples,
+                                               recipe.seed))
+    with tracked("student_qat"):
+        qat = qat_distill(student, teacher, bundle.train, bundle.val, _finetune_cfg(base_cfg, c.qat.epochs, c.qat.lr),
+                          losses, run_dir / "student_qat", calib=calib, seed=recipe.seed, progress=progress)
+    compression["qat"] = {"epochs": c.qat.epochs, "lr": c.qat.lr,
+                          "losses": [l if isinstance(l, dict) else l.model_dump() for l in losses],
+                          "history": getattr(qat, "history", [])}
+    return qat
 
 
 def _load_data(recipe: Recipe, console: Console) -> DataBundle:
@@ -197,23 +360,79 @@ def _resolve(path: str, base_dir: str | None, field_name: str) -> Path:
                       "give a path relative to the current folder or to the recipe file, or an absolute path")
 
 
-def _export(recipe: Recipe, models: dict, bundle: DataBundle, run_dir: Path, console: Console) -> dict[str, Path]:
+STUDENT_FAMILY = ("student", "student_pruned", "student_lowrank")  # fp32 students that get an int8 twin
+
+
+def _export(recipe: Recipe, models: dict, bundle: DataBundle, run_dir: Path, console: Console,
+            qat_model: nn.Module | None = None) -> dict[str, Path]:
+    """Every artifact of the run under ``artifacts/``: ONNX fp32 of each model, ONNX int8 (static QDQ) of each
+    student, and the optional fp16 / dynamic-int8 / QAT / TFLite / ExecuTorch / C-array artifacts."""
     shape = tuple(bundle.spec.shape)
     art = run_dir / "artifacts"
     out: dict[str, Path] = {}
+    q, d = recipe.quantize, recipe.deploy
+    calib = calibration_subset(bundle.train.x, bundle.train.y, q.calibration_samples, recipe.seed)
     with console.status("exporting to ONNX") as status:
         for name, model in models.items():
             status.update(f"exporting {name} to ONNX")
             out[name] = export_onnx(model, shape, art / f"{name}.onnx", opset=recipe.export.opset)
-        if recipe.quantize.enabled:
-            status.update("int8 static quantization (ONNX Runtime, QDQ)")
-            q = recipe.quantize
-            calib = calibration_subset(bundle.train.x, bundle.train.y, q.calibration_samples, recipe.seed)
-            out["student_int8"] = quantize_onnx_static(out["student"], art / "student.int8.onnx", calib,
-                                                       per_channel=q.per_channel, activation_type=q.activation_type,
-                                                       calibrate_method=q.calibrate_method)
+        if q.enabled:
+            for name in (n for n in STUDENT_FAMILY if n in models):
+                status.update(f"int8 static quantization of {name} (ONNX Runtime, QDQ)")
+                out[f"{name}_int8"] = quantize_onnx_static(out[name], art / f"{name}.int8.onnx", calib,
+                                                           per_channel=q.per_channel, activation_type=q.activation_type,
+                                                           calibrate_method=q.calibrate_method)
+        if qat_model is not None:
+            status.update("exporting the QAT-with-KD student (int8 QDQ ONNX)")
+            out["student_qat"] = export_onnx(qat_model, shape, art / "student_qat.int8.onnx", opset=recipe.export.opset)
+        if d.fp16:
+            status.update("fp16 student (ONNX)")
+            out["student_fp16"] = convert_onnx_fp16(out["student"], art / "student.fp16.onnx")
+        if d.dynamic_int8:
+            status.update("dynamic int8 student (ONNX Runtime)")
+            out["student_dynamic_int8"] = quantize_onnx_dynamic(out["student"], art / "student.dynamic_int8.onnx")
+        if d.tflite:
+            from .deploy.tflite import export_tflite
+
+            status.update("TFLite fp32 and int8 students (LiteRT)")
+            out["student_tflite"] = export_tflite(models["student"], shape, art / "student.tflite")
+            out["student_tflite_int8"] = export_tflite(models["student"], shape, art / "student.int8.tflite",
+                                                       int8=True, calib=calib)
+        if d.executorch:
+            from .deploy.executorch import export_pte
+
+            status.update("ExecuTorch student (XNNPACK)")
+            out["student_pte"] = export_pte(models["student"], shape, art / "student.pte")
+        if d.c_array:
+            from .deploy.carray import write_c_array
+
+            source = out.get("student_tflite_int8") or out.get("student_int8") or out["student"]
+            write_c_array(source, art / "student_model_data.h", "g_student_model")
     console.print(f"artifacts: {', '.join(p.name for p in out.values())}")
     return out
+
+
+# runtime of each non-PyTorch artifact variant, and the fp32 model it was made from
+ARTIFACT_RUNTIMES = {"student_int8": ("ort_int8", "student"), "student_pruned_int8": ("ort_int8", "student_pruned"),
+                     "student_lowrank_int8": ("ort_int8", "student_lowrank"), "student_qat": ("ort_int8", "student"),
+                     "student_fp16": ("ort_fp16", "student"), "student_dynamic_int8": ("ort_dynamic_int8", "student"),
+                     "student_tflite": ("tflite", "student"), "student_tflite_int8": ("tflite_int8", "student"),
+                     "student_pte": ("executorch", "student")}
+
+
+def _runner(runtime: str, path: Path, shape: tuple[int, ...], m) -> tuple:
+    """(predict(x) -> logits array, latency dict) for an artifact in its own runtime."""
+    if runtime.startswith("ort"):
+        sess = ort_session(path, threads=m.threads)
+        return (lambda x: ort_predict(sess, x)), ort_latency(sess, shape, m.batch_sizes, warmup=m.warmup, repeats=m.repeats)
+    if runtime.startswith("tflite"):
+        from .deploy.tflite import tflite_latency, tflite_predict
+
+        return ((lambda x: tflite_predict(path, x, threads=m.threads)),
+                tflite_latency(path, warmup=m.warmup, repeats=m.repeats, threads=m.threads))
+    from .deploy.executorch import pte_latency, pte_predict
+
+    return (lambda x: pte_predict(path, x)), pte_latency(path, shape, warmup=m.warmup, repeats=m.repeats)
 
 
 def _measure(recipe: Recipe, models: dict, artifacts: dict, bundle: DataBundle, run_dir: Path, console: Console) -> dict:
@@ -233,24 +452,94 @@ def _measure(recipe: Recipe, models: dict, artifacts: dict, bundle: DataBundle, 
             variants[name] = _variant(name, preds[name], y, spec, lat, "pytorch", model_name=_model_name(recipe, name, model),
                                       params=count_params(model), macs=count_macs(model, shape), artifact=artifacts[name],
                                       run_dir=run_dir, extra={"onnx_agreement": agreement(ort_pred, preds[name])})
-        if "student_int8" in artifacts:
-            status.update("measuring student_int8")
-            sess = ort_session(artifacts["student_int8"], threads=m.threads)
-            preds["student_int8"] = ort_predict(sess, test.x).argmax(1)
-            lat = {"ort_int8": ort_latency(sess, shape, m.batch_sizes, warmup=m.warmup, repeats=m.repeats)}
-            variants["student_int8"] = _variant(
-                "student_int8", preds["student_int8"], y, spec, lat, "ort_int8", model_name=variants["student"]["model"],
-                params=variants["student"]["params"], macs=variants["student"]["macs"], artifact=artifacts["student_int8"],
-                run_dir=run_dir, extra={"agreement_with_fp32_student": agreement(preds["student_int8"], preds["student"])})
+            sparsity = _sparsity(model)
+            if sparsity > 0.01:
+                variants[name]["sparsity"] = sparsity
+        for name, (runtime, source) in ARTIFACT_RUNTIMES.items():
+            if name not in artifacts:
+                continue
+            status.update(f"measuring {name}")
+            predict, lat = _runner(runtime, artifacts[name], shape, m)
+            preds[name] = predict(test.x).argmax(1)
+            agree = agreement(preds[name], preds[source])
+            variants[name] = _variant(
+                name, preds[name], y, spec, {runtime: lat}, runtime, model_name=variants[source]["model"],
+                params=variants[source]["params"], macs=variants[source]["macs"], artifact=artifacts[name],
+                run_dir=run_dir, extra={"agreement_with_fp32_student": agree, "fp32_source": source,
+                                        "parity_flag": bool(agree < PARITY_MIN)})
+            if agree < PARITY_MIN:
+                console.print(f"[yellow]{name}: agrees with the fp32 {source} on {100 * agree:.1f}% of test "
+                              f"predictions (< {100 * PARITY_MIN:.0f}%)[/]")
     for name, v in variants.items():
         v["agreement_with_teacher"] = agreement(preds[name], preds["teacher"])
+        v["energy"] = _energy(recipe, name, v, artifacts)
     final = "student_int8" if "student_int8" in variants else "student"
-    return {
+    out = {
         "run": _run_facts(recipe, bundle, run_dir),
         "variants": variants,
         "ratios": _ratios(variants["teacher"], variants[final]) | {"compared": f"{final} vs teacher"},
         "claims": CLAIMS,
     }
+    fit = _mcu(recipe, artifacts, variants, console)
+    if fit:
+        out["mcu"] = fit
+    return out
+
+
+def _sparsity(model: nn.Module) -> float:
+    from .compress.prune import sparsity_report
+
+    return float(sparsity_report(model)["sparsity"])
+
+
+INT8_RUNTIMES = ("ort_int8", "ort_dynamic_int8", "tflite_int8")
+
+
+def _energy(recipe: Recipe, name: str, variant: dict, artifacts: dict) -> dict | None:
+    """Estimated energy of one inference from the variant's MACs and its ONNX graph's bytes (module energy)."""
+    from .measure.energy import onnx_inference_energy
+
+    runtime = variant.get("runtime", "pytorch")
+    dtype = "int8" if runtime in INT8_RUNTIMES else "fp16" if runtime == "ort_fp16" else "fp32"
+    source = variant.get("fp32_source", name)
+    graph = artifacts.get(source)
+    if graph is None or not variant.get("macs"):
+        return None
+    try:
+        return onnx_inference_energy(graph, variant["macs"], dtype=dtype, memory=recipe.energy.memory)
+    except TinyKDError:
+        return None
+
+
+def _mcu(recipe: Recipe, artifacts: dict, variants: dict, console: Console) -> dict | None:
+    """Flash and SRAM of the deployable int8 student against each board of ``deploy.boards``."""
+    from .deploy.mcu import TFLM_FLASH_BYTES, TFLM_SRAM_BYTES, fit_check, get_board
+    from .measure.memory import peak_activation_memory
+
+    name = "student_tflite_int8" if "student_tflite_int8" in artifacts else "student_int8"
+    if name not in artifacts:
+        return None
+    d = recipe.deploy
+    flash = file_bytes(artifacts[name])
+    peak = peak_activation_memory(artifacts["student"], activation_bytes=1)
+    boards = {}
+    notes = {}
+    for spec in d.boards:
+        board = get_board(spec)
+        boards[board.name] = fit_check(flash, peak.peak_bytes, board).as_dict()
+        notes[board.name] = board.notes
+    target = None
+    if d.target_board is not None:
+        board = get_board(d.target_board)
+        target = board.name
+        boards[board.name] = fit_check(flash, peak.peak_bytes, board).as_dict()
+        notes[board.name] = board.notes
+    console.print("microcontroller fit of " + name + ": " + "; ".join(
+        f"{b} {'fits' if f['fits'] else 'does NOT fit'}" for b, f in boards.items()))
+    return {"variant": name, "artifact": variants[name]["artifact"], "flash_bytes": flash,
+            "peak_sram_bytes": peak.peak_bytes, "peak_node": f"{peak.node} ({peak.op_type})",
+            "runtime_flash_bytes": TFLM_FLASH_BYTES, "runtime_sram_bytes": TFLM_SRAM_BYTES,
+            "target_board": target, "boards": boards, "notes": notes}
 
 
 def _variant(name: str, pred, y, spec, latency: dict, runtime: str, *, model_name: str, params: int, macs: int,

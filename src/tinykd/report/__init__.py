@@ -1,4 +1,5 @@
-"""Run reports: the five figures, the self-contained report.html and the summary table shared with the CLI."""
+"""Run reports: the six figures, the self-contained report.html (with a Deployment section when the run has
+compression / deployment data) and the summary table shared with the CLI."""
 from __future__ import annotations
 
 from .figures import FIGURE_KEYS, make_figures

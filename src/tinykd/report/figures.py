@@ -1,4 +1,4 @@
-"""The five figures of a run report, each written as a PNG."""
+"""The six figures of a run report, each written as a PNG."""
 from __future__ import annotations
 
 import io
@@ -15,16 +15,17 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from ..io import atomic_write  # noqa: E402
-from .history import loss_columns, loss_term, model_rows, series  # noqa: E402
+from .history import loss_columns, loss_term, model_rows, series, to_number  # noqa: E402
 from .style import CLAIM_COLOR, MPL_STYLE, runtime_markers, runtime_name, variant_colors  # noqa: E402
-from .summary import (claimed_ranges, compared_variant, format_factor, ordered_variants,  # noqa: E402
-                      variant_label, variant_metric, variant_noun)
+from .summary import (claimed_ranges, compared_variant, format_bytes, format_factor, ordered_variants,  # noqa: E402
+                      pareto_front, variant_label, variant_metric, variant_noun)
 
-FIGURE_KEYS = ("improvement", "latency_accuracy", "training", "transfer", "confusion")
+FIGURE_KEYS = ("improvement", "latency_accuracy", "size_accuracy", "training", "transfer", "confusion")
 TRANSFER_VARIANTS = ("teacher", "student_scratch", "student")
 IMPROVEMENT_KEYS = ("size_reduction", "macs_reduction", "speedup_b1", "accuracy_retention")
 PERCENT = FuncFormatter(lambda v, _: f"{v:g} %")
@@ -36,14 +37,32 @@ RUNTIME_LABEL_SPOTS = ((0, 8, "center", "bottom"), (0, -9, "center", "top"), (9,
                        (-9, 0, "right", "center"), (0, 20, "center", "bottom"), (0, -21, "center", "top"))
 VARIANT_LABEL_SPOTS = ((8, 0, "left", "center"), (8, 9, "left", "bottom"), (8, -9, "left", "top"),
                        (0, 20, "center", "bottom"), (0, -21, "center", "top"), (8, 22, "left", "bottom"),
-                       (8, -23, "left", "top"))
+                       (8, -23, "left", "top"), (-8, 0, "right", "center"), (-8, 9, "right", "bottom"),
+                       (-8, -9, "right", "top"))
+LONG_ENTRY = 36  # legend entries longer than this (characters) are set smaller
+CROWDED = 9  # with more latency points than this, runtime names are left to the legend
+LEADER_BEYOND = 14  # labels placed further than this (points) from their point get a thin leader line
+
+
+def radial_spots(radii: tuple[float, ...]) -> tuple:
+    """Label spots around a point at each radius (points): right, left, the four diagonals, above, below."""
+    directions = ((1, 0, "left", "center"), (-1, 0, "right", "center"), (0.8, 0.8, "left", "bottom"),
+                  (0.8, -0.8, "left", "top"), (-0.8, 0.8, "right", "bottom"), (-0.8, -0.8, "right", "top"),
+                  (0, 1, "center", "bottom"), (0, -1, "center", "top"))
+    return tuple((r * cx, r * cy, ha, va) for r in radii for cx, cy, ha, va in directions)
+
+
+POINT_LABEL_SPOTS = radial_spots((10, 24, 40, 60))
+NEAR_LABEL_SPOTS = radial_spots((10,))
+FAR_LABEL_SPOTS = radial_spots((24, 40))
 
 
 def make_figures(metrics: dict, history: list[dict], out_dir: Path) -> dict[str, Path]:
-    """Draw the five report figures into ``out_dir`` as ``<key>.png``; returns {key: path}."""
+    """Draw the six report figures into ``out_dir`` as ``<key>.png``; returns {key: path}."""
     makers: dict[str, Callable[[], Figure]] = {
         "improvement": lambda: improvement_figure(metrics),
         "latency_accuracy": lambda: latency_accuracy_figure(metrics),
+        "size_accuracy": lambda: size_accuracy_figure(metrics),
         "training": lambda: training_figure(metrics, history),
         "transfer": lambda: transfer_figure(metrics),
         "confusion": lambda: confusion_figure(metrics),
@@ -203,7 +222,8 @@ def latency_accuracy_figure(metrics: dict) -> Figure:
         return placeholder_figure(title, "No variant has both a measured accuracy and a batch-1 latency.")
     colors = variant_colors(metrics)
     markers = runtime_markers(list(dict.fromkeys(p["runtime"] for p in points)))
-    fig, ax = plt.subplots(figsize=(10, 5.4))
+    names = [n for n in colors if any(p["variant"] == n for p in points)]
+    fig, ax = plt.subplots(figsize=(10, _legend_height(len(names) + len(markers) + 1, 2)))
     fig.subplots_adjust(right=0.7)
     ax.set_xscale("log")
     for name in dict.fromkeys(p["variant"] for p in points):
@@ -218,7 +238,7 @@ def latency_accuracy_figure(metrics: dict) -> Figure:
                        edgecolor="white", linewidth=0.8, zorder=3)
     _pad_axes(ax, points)
     _label_points(ax, points, metrics, colors)
-    _latency_legends(fig, metrics, [n for n in colors if any(p["variant"] == n for p in points)], colors, markers)
+    _latency_legends(fig, metrics, names, colors, markers)
     _log_ticks(ax.xaxis, "")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("Batch-1 latency, median (ms, log scale)")
@@ -235,43 +255,96 @@ def _latency_legends(fig: Figure, metrics: dict, names: list[str], colors: dict[
     runtime_handles = [Line2D([], [], color="#555555", marker=m, linestyle="", markersize=8, label=runtime_name(r))
                        for r, m in markers.items()]
     runtime_handles.append(Line2D([], [], color="#555555", alpha=0.35, linewidth=2.2, label="median → p90"))
-    fig.legend(handles=variant_handles, title="Variant (colour)", loc="upper left", bbox_to_anchor=(0.71, 0.89),
-               alignment="left")
-    fig.legend(handles=runtime_handles, title="Runtime (marker)", loc="upper left", bbox_to_anchor=(0.71, 0.5),
-               alignment="left")
+    _stacked_legends(fig, [("Variant (colour)", variant_handles), ("Runtime (marker)", runtime_handles)])
+
+
+def _legend_height(entries: int, legends: int, base: float = 5.4) -> float:
+    """Figure height (inches) that fits ``entries`` legend rows under ``legends`` titles beside the plot."""
+    return max(base, 0.235 * (entries + 1.4 * legends) + 1.0)
+
+
+def _stacked_legends(fig: Figure, legends: list[tuple[str, list]], tops: tuple[float, ...] = (0.89, 0.5)) -> None:
+    """Legends one under the other right of the plot: each at its preferred top (figure fraction) unless the one
+    above reaches lower. Entries longer than ``LONG_ENTRY`` characters get a smaller font so the figure keeps
+    its width."""
+    renderer = fig.canvas.get_renderer()
+    longest = max((len(h.get_label()) for _, handles in legends for h in handles), default=0)
+    below = 1.0
+    for i, (title, handles) in enumerate(legends):
+        top = min(tops[min(i, len(tops) - 1)], below)
+        legend = fig.legend(handles=handles, title=title, loc="upper left", bbox_to_anchor=(0.71, top),
+                            alignment="left", fontsize=8.5 if longest > LONG_ENTRY else None)
+        box = legend.get_window_extent(renderer).transformed(fig.transFigure.inverted())
+        below = box.y0 - 0.03
 
 
 def _label_points(ax, points: list[dict], metrics: dict, colors: dict[str, str]) -> None:
-    """Variant name right of its slowest p90 and runtime name beside each point, each where it overlaps least."""
+    """Variant name right of its slowest p90 and runtime name beside each point, each where it overlaps least.
+
+    With more than ``CROWDED`` points the runtime names are left to the marker legend, and a variant name that
+    would overlap another label or point is left to the colour legend too (the legends always list everything).
+    """
     renderer = ax.figure.canvas.get_renderer()
-    taken = [Bbox.from_bounds(*(ax.transData.transform((p["median"], p["accuracy"])) - 7), 14, 14) for p in points]
+    crowded = len(points) > CROWDED
+    taken = [_marker_box(ax, (p["median"], p["accuracy"])) for p in points]
     for name in dict.fromkeys(p["variant"] for p in points):
         mine = [p for p in points if p["variant"] == name]
         right = max(max(p["median"], p["p90"] or 0) for p in mine)
-        _place_label(ax, (right, mine[0]["accuracy"]), variant_label(metrics, name), VARIANT_LABEL_SPOTS, taken,
-                     renderer, fontsize=9, fontweight="bold", color=colors[name])
+        _place_label(ax, (right, mine[0]["accuracy"]), variant_label(metrics, name),
+                     VARIANT_LABEL_SPOTS + FAR_LABEL_SPOTS if crowded else VARIANT_LABEL_SPOTS, taken,
+                     renderer, optional=crowded, fontsize=8.5 if crowded else 9, fontweight="bold", color=colors[name])
+    if crowded:
+        return
     for p in points:
         _place_label(ax, (p["median"], p["accuracy"]), runtime_name(p["runtime"]), RUNTIME_LABEL_SPOTS, taken,
                      renderer, fontsize=8.5, color="#333333")
 
 
-def _place_label(ax, xy: tuple[float, float], text: str, spots: tuple, taken: list[Bbox], renderer, **style) -> None:
-    """Annotate ``xy`` at the first spot (offset in points, alignment) that overlaps nothing taken, else the least."""
+def _marker_box(ax, xy: tuple[float, float], size: float = 14) -> Bbox:
+    """The pixel box a marker at data point ``xy`` covers."""
+    x, y = ax.transData.transform(xy)
+    return Bbox.from_bounds(x - size / 2, y - size / 2, size, size)
+
+
+def _place_label(ax, xy: tuple[float, float], text: str, spots: tuple, taken: list[Bbox], renderer, *,
+                 optional: bool = False, **style) -> bool:
+    """Annotate ``xy`` at the first spot (offset in points, alignment) that overlaps nothing taken, else the least;
+    an ``optional`` label that overlaps wherever it goes is left out. A label placed more than ``LEADER_BEYOND``
+    points away gets a thin leader line in its colour, which must not cross anything taken either; the label
+    (and its leader) then join ``taken``. Returns whether the label was placed."""
     frame = ax.get_window_extent(renderer)
+    anchor = ax.transData.transform(xy)
     best = None
     for dx, dy, ha, va in spots:
-        label = ax.annotate(text, xy, xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, **style)
-        box = label.get_window_extent(renderer).padded(3)
-        clash = sum(_overlap(box, other) for other in taken) + box.width * box.height - _overlap(box, frame)
+        far = math.hypot(dx, dy) > LEADER_BEYOND
+        leader = ({"arrowprops": {"arrowstyle": "-", "color": style.get("color", "#555555"), "linewidth": 0.7,
+                                  "alpha": 0.7, "shrinkA": 1, "shrinkB": 5}} if far else {})
+        label = ax.annotate(text, xy, xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, **leader, **style)
+        label.update_positions(renderer)
+        box = Text.get_window_extent(label, renderer).padded(3)  # the text alone, not its leader line
+        trail = _leader_boxes(anchor, box) if far else []
+        clash = (sum(_overlap(box, other) for other in taken) + box.width * box.height - _overlap(box, frame)
+                 + sum(_overlap(dot, other) for dot in trail for other in taken if not other.contains(*anchor)))
         if best is not None and clash >= best[0]:
             label.remove()
             continue
         if best is not None:
             best[1].remove()
-        best = (clash, label, box)
+        best = (clash, label, [box] + trail)
         if clash == 0:
             break
-    taken.append(best[2])
+    if optional and best[0] > 0:
+        best[1].remove()
+        return False
+    taken.extend(best[2])
+    return True
+
+
+def _leader_boxes(anchor, box: Bbox, samples: int = 8, size: float = 4) -> list[Bbox]:
+    """Small pixel boxes along a leader line from ``anchor`` to the middle of a label's ``box`` (ends left out)."""
+    (x0, y0), (x1, y1) = anchor, ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
+    points = [(x0 + (x1 - x0) * t / samples, y0 + (y1 - y0) * t / samples) for t in range(1, samples)]
+    return [Bbox.from_bounds(x - size / 2, y - size / 2, size, size) for x, y in points if not box.contains(x, y)]
 
 
 def _overlap(a: Bbox, b: Bbox) -> float:
@@ -288,7 +361,88 @@ def _pad_axes(ax, points: list[dict]) -> None:
     ax.set_ylim(min(ys) - 0.25 * span, min(max(ys) + 0.25 * span, max(101.0, max(ys) + 1)))
 
 
-# --- 3. training curves ---------------------------------------------------------------------------
+# --- 3. file size vs accuracy --------------------------------------------------------------------
+
+
+def size_points(metrics: dict) -> list[dict]:
+    """(variant, runtime, file bytes, accuracy %) of every variant with a positive file size and an accuracy."""
+    points = []
+    for name in ordered_variants(metrics):
+        variant = metrics["variants"][name] or {}
+        size, accuracy = to_number(variant.get("file_bytes")), to_number(variant.get("accuracy"))
+        if size is not None and size > 0 and accuracy is not None:
+            points.append({"variant": name, "runtime": variant.get("runtime") or "?", "size": size,
+                           "accuracy": 100 * accuracy})
+    return points
+
+
+def size_accuracy_figure(metrics: dict) -> Figure:
+    """File size (log x) against test accuracy of every variant, with the Pareto front as a step line.
+
+    Colour is the variant and the marker its runtime, as in the latency figure; the points on the front (no
+    other variant is both smaller and at least as accurate) are labelled with name, size and accuracy.
+    """
+    title = "Model file size vs test accuracy (up and left is better)"
+    points = size_points(metrics)
+    if not points:
+        return placeholder_figure(title, "No variant has both a measured accuracy and a file size.")
+    colors = variant_colors(metrics)
+    markers = runtime_markers(list(dict.fromkeys(p["runtime"] for p in points)))
+    front = [points[i] for i in pareto_front([(p["size"], p["accuracy"]) for p in points])]
+    fig, ax = plt.subplots(figsize=(10, _legend_height(len(points) + 1, 1)))
+    fig.subplots_adjust(right=0.7)
+    ax.set_xscale("log")
+    xs = [p["size"] for p in points]
+    _pad_axes(ax, [{"median": p["size"], "p90": None, "accuracy": p["accuracy"]} for p in points])
+    ax.set_xlim(min(xs) / 2.2, max(xs) * 2.2)
+    right = ax.get_xlim()[1]
+    step_x = [p["size"] for p in front] + [right]
+    step_y = [p["accuracy"] for p in front] + [front[-1]["accuracy"]]
+    ax.step(step_x, step_y, where="post", color="#444444", linewidth=1.4, linestyle="--", alpha=0.8, zorder=1)
+    for p in points:
+        on_front = p in front
+        ax.scatter(p["size"], p["accuracy"], s=95 if on_front else 70, color=colors[p["variant"]],
+                   marker=markers[p["runtime"]], edgecolor="#222222" if on_front else "white",
+                   linewidth=1.1 if on_front else 0.8, zorder=3)
+    renderer = fig.canvas.get_renderer()
+    taken = [_marker_box(ax, (p["size"], p["accuracy"]), 16) for p in points] + _step_boxes(ax, step_x, step_y)
+    for p in front:
+        _place_label(ax, (p["size"], p["accuracy"]),
+                     f"{variant_label(metrics, p['variant'])}\n{format_bytes(p['size'])} · {p['accuracy']:.1f} %",
+                     POINT_LABEL_SPOTS, taken, renderer, fontsize=8.5, fontweight="bold",
+                     color=colors[p["variant"]], linespacing=1.15)
+    for p in points:  # the others get a plain label where one fits without overlapping
+        if p not in front:
+            _place_label(ax, (p["size"], p["accuracy"]), variant_label(metrics, p["variant"]), NEAR_LABEL_SPOTS, taken,
+                         renderer, optional=True, fontsize=8, color=colors[p["variant"]])
+    handles = [Line2D([], [], color=colors[p["variant"]], marker=markers[p["runtime"]], linestyle="", markersize=8,
+                      markeredgecolor="#222222" if p in front else "white",
+                      label=f"{variant_label(metrics, p['variant'])} · {runtime_name(p['runtime'])}")
+               for p in points]
+    handles.append(Line2D([], [], color="#444444", linestyle="--", linewidth=1.4,
+                          label="Pareto front (outlined points)"))
+    _stacked_legends(fig, [("Variant (colour) and runtime (marker)", handles)])
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_bytes(v).replace(".0 ", " ")))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("Model file size (bytes on disk, log scale)")
+    ax.set_ylabel("Test accuracy (%)")
+    ax.set_title(title, loc="left")
+    return fig
+
+
+def _step_boxes(ax, xs: list[float], ys: list[float], width: float = 4) -> list[Bbox]:
+    """Thin pixel boxes along a ``where="post"`` step line, so labels keep off it."""
+    boxes = []
+    corners = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
+    for (x0, y0), (x1, y1) in zip(corners, corners[1:]):
+        boxes.append(Bbox.from_extents(x0, y0 - width / 2, x1, y0 + width / 2))  # along, at the left point's height
+        boxes.append(Bbox.from_extents(x1 - width / 2, min(y0, y1), x1 + width / 2, max(y0, y1)))  # then up
+    return boxes
+
+
+# --- 4. training curves ---------------------------------------------------------------------------
 
 
 def training_figure(metrics: dict, history: list[dict]) -> Figure:
@@ -354,7 +508,7 @@ def _accuracy_line(ax, rows: list[dict], color: str, label: str) -> list:
                    label=label)
 
 
-# --- 4. knowledge transfer per class --------------------------------------------------------------
+# --- 5. knowledge transfer per class --------------------------------------------------------------
 
 
 def class_names(metrics: dict, n: int) -> list[str]:
@@ -409,7 +563,7 @@ def _agreement_note(metrics: dict) -> str:
     return f"\nagreement with teacher: {100 * scratch:.1f} % from scratch → {100 * distilled:.1f} % distilled"
 
 
-# --- 5. confusion matrix --------------------------------------------------------------------------
+# --- 6. confusion matrix --------------------------------------------------------------------------
 
 
 def confusion_figure(metrics: dict) -> Figure:

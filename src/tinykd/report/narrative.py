@@ -1,7 +1,8 @@
 """The "what this run shows" paragraph, generated from the numbers (plain text; the page escapes it)."""
 from __future__ import annotations
 
-from .summary import claimed_ranges, compared_variant, format_factor, variant_metric, variant_noun
+from .summary import (PARITY_THRESHOLD, claimed_ranges, compared_variant, energy_rows, format_factor, format_kib,
+                      format_sig, mcu_rows, parity_warnings, variant_metric, variant_noun)
 
 
 def _pct(fraction: float) -> str:
@@ -105,8 +106,69 @@ def quantization_sentence(metrics: dict) -> str:
     return f"Quantizing the distilled student to int8 {effect} ({_pct(fp32)} → {_pct(int8)})."
 
 
+def mcu_sentence(metrics: dict) -> str:
+    """Whether the deployed variant fits the target microcontroller (or how many of the checked boards it fits)."""
+    mcu = metrics.get("mcu") or {}
+    rows = mcu_rows(metrics)
+    if not rows:
+        return ""
+    variant = mcu.get("variant")
+    noun = variant_noun(metrics, variant) if variant else "deployed model"
+    target = next((row for row in rows if row["target"]), None)
+    if target is None:
+        fitting = [row["name"] for row in rows if row["fits"]]
+        if not fitting:
+            return f"The {noun} fits none of the {len(rows)} microcontroller boards checked."
+        return (f"The {noun} fits {len(fitting)} of the {len(rows)} microcontroller boards checked "
+                f"({_join(fitting)}).")
+    if target["fits"] is None:
+        return ""
+    if target["fits"]:
+        spare = [f"{format_kib(target[f'{m}_margin'])} KB {label}"
+                 for m, label in (("flash", "flash"), ("sram", "SRAM")) if target[f"{m}_margin"] is not None]
+        return (f"The {noun} fits the {target['name']}"
+                + (f" with {_join(spare)} to spare" if spare else "") + " (runtime allowance included).")
+    over = [f"{label} by {format_kib(-target[f'{m}_margin'])} KB" for m, label in (("flash", "flash"), ("sram", "SRAM"))
+            if target[f"fits_{m}"] is False and target[f"{m}_margin"] is not None]
+    return f"The {noun} does not fit the {target['name']}" + (f": it overflows {_join(over)}." if over else ".")
+
+
+def energy_sentence(metrics: dict) -> str:
+    """Estimated energy per inference of the teacher against the compared (int8) student, or the cheapest variant."""
+    rows = {row["variant"]: row for row in energy_rows(metrics)}
+    teacher = rows.get("teacher")
+    others = [row for name, row in rows.items() if name != "teacher"]
+    if teacher is None or not others:
+        return ""
+    final = rows.get(compared_variant(metrics)) or min(others, key=lambda row: row["total_uj"])
+    factor = final["vs_teacher"]
+    ratio = "" if factor is None else f", {_times(factor, 'less', 'more')}"
+    return (f"Estimated energy per inference: teacher {format_sig(teacher['total_uj'])} µJ vs "
+            f"{variant_noun(metrics, final['variant'])} {format_sig(final['total_uj'])} µJ{ratio} "
+            "(a per-operation estimate, not a measurement).")
+
+
+def parity_sentence(metrics: dict) -> str:
+    """A warning naming the converted artifacts that disagree with the fp32 student."""
+    flagged = parity_warnings(metrics)
+    if not flagged:
+        return ""
+    if len(flagged) == 1:
+        row = flagged[0]
+        if row["agreement"] is None:
+            return (f"Parity warning: {row['label']} agrees with the fp32 student on fewer than "
+                    f"{100 * PARITY_THRESHOLD:.0f} % of test inputs.")
+        return (f"Parity warning: {row['label']} agrees with the fp32 student on only {_pct(row['agreement'])} "
+                f"of test inputs (threshold {100 * PARITY_THRESHOLD:.0f} %).")
+    parts = [f"{row['label']} ({_pct(row['agreement'])})" if row["agreement"] is not None else row["label"]
+             for row in flagged]
+    return (f"Parity warning: {_join(parts)} agree with the fp32 student on fewer than "
+            f"{100 * PARITY_THRESHOLD:.0f} % of test inputs.")
+
+
 def findings(metrics: dict) -> list[str]:
     """The sentences of the 'what this run shows' paragraph, empty ones left out."""
     sentences = [headline(metrics), claims_sentence(metrics), distillation_sentence(metrics),
-                 quantization_sentence(metrics)]
+                 quantization_sentence(metrics), mcu_sentence(metrics), energy_sentence(metrics),
+                 parity_sentence(metrics)]
     return [s for s in sentences if s]

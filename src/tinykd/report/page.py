@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import html
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,6 +9,8 @@ from pathlib import Path
 
 from .figures import make_figures
 from ..io import atomic_write
+from .deploy import deployment_section
+from .markup import esc
 from .narrative import findings
 from .style import variant_colors
 from .summary import (MISSING, format_bytes, format_count, format_ms, format_percent, ordered_variants,
@@ -47,6 +48,11 @@ CAPTIONS = {
     "latency_accuracy": "Each point is one variant on one runtime: further left is faster and higher is more accurate; "
                         "colour identifies the variant, the marker the runtime, and the faint bar reaches the "
                         "90th-percentile latency.",
+    "size_accuracy": "Each point is one variant's artifact as deployed: further left is a smaller file and higher is "
+                     "more accurate; colour identifies the variant and the marker its runtime, as in the latency "
+                     "figure. The dashed staircase is the Pareto front — the best accuracy to be had within a given "
+                     "size — and the outlined, labelled points are on it; any point below the staircase is beaten "
+                     "by a smaller or equally small, more accurate variant.",
     "training": "The falling lines (left axis) are the training-loss terms per epoch and the marked rising lines "
                 "(right axis) are validation accuracy, so the gap between the distilled and the scratch student's "
                 "accuracy lines is what distillation added.",
@@ -59,6 +65,7 @@ CAPTIONS = {
 FIGURE_TITLES = {
     "improvement": "Improvement over the teacher vs the claims",
     "latency_accuracy": "Latency vs accuracy",
+    "size_accuracy": "File size vs accuracy",
     "training": "Training",
     "transfer": "Knowledge transfer per class",
     "confusion": "Where the distilled student errs",
@@ -106,11 +113,32 @@ pre { background: #f5f7f9; border: 1px solid var(--line); border-radius: 6px; pa
   font: 13px/1.5 ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace; }
 footer { margin-top: 40px; color: var(--muted); font-size: 13px; }
 """
-
-
-def esc(value: object) -> str:
-    """``value`` as HTML-escaped text (quotes too)."""
-    return html.escape(str(value), quote=True)
+DEPLOY_CSS = """
+h3 + .scroll, h4 + .scroll { margin-top: 4px; }
+#deployment h3 { margin: 28px 0 8px; } #deployment h2 + h3 { margin-top: 12px; }
+h4 { margin: 18px 0 6px; font-size: 14.5px; }
+td.text, thead th.text { text-align: left; }
+#deployment thead tr + tr th:first-child { text-align: right; }
+td.plain small { margin-left: 0; }
+td.num .mark { margin-left: 6px; }
+.mark { display: inline-block; font-size: 11.5px; font-weight: 600; padding: 0 6px; border-radius: 9px;
+  line-height: 1.6; white-space: nowrap; }
+.mark.met { background: #e3f3e8; color: #1e6b3a; } .mark.miss { background: #fbe7e4; color: #a12f1f; }
+.tag { display: inline-block; font-size: 11px; font-weight: 600; letter-spacing: .04em; text-transform: uppercase;
+  padding: 0 6px; border-radius: 4px; background: #e8edf3; color: var(--accent); vertical-align: 1px;
+  line-height: 1.7; margin-left: 6px; }
+.tag.estimate { background: #fff4dc; color: #8a5a00; }
+td.over { color: #a12f1f; font-weight: 600; }
+td.warn { color: #a12f1f; font-weight: 700; }
+td.fit { white-space: nowrap; font-weight: 600; } td.fit.yes { color: #1e6b3a; } td.fit.no { color: #a12f1f; }
+tr.target td { background: #eef5fc; } tbody tr.target:hover td { background: #e6f0fa; }
+td.strong { font-weight: 700; }
+table.compact { width: auto; min-width: 55%; }
+.warnbox { margin: 22px 0 0; background: #fdf3f1; border-left: 4px solid #c0392b; border-radius: 0 6px 6px 0;
+  padding: 10px 18px 12px; }
+#deployment .warnbox h3 { margin: 0 0 4px; color: #a12f1f; } .warnbox ul { margin: 0; padding-left: 20px; }
+.detail { margin-top: 6px; }
+"""  # only on pages with a Deployment section, so a plain run's page is unchanged
 
 
 def write_report(run_dir: Path, metrics: dict, history: list[dict], recipe_yaml: str) -> Path:
@@ -125,6 +153,7 @@ def render_page(metrics: dict, figures: dict[str, Path], recipe_yaml: str) -> st
     """The whole report page as an HTML string."""
     run = metrics.get("run") or {}
     name, dataset = run.get("name") or "unnamed run", run.get("dataset") or "unknown dataset"
+    deployment = deployment_section(metrics)
     sections = [
         _header(run),
         '<section><h2>What this run shows</h2><div class="findings">'
@@ -132,13 +161,15 @@ def render_page(metrics: dict, figures: dict[str, Path], recipe_yaml: str) -> st
         f"<section><h2>Summary</h2>{summary_table(metrics)}</section>",
         "<section><h2>Figures</h2>"
         + "".join(_figure(i, key, path) for i, (key, path) in enumerate(figures.items(), 1)) + "</section>",
+        deployment,
         f"<section><h2>Run facts</h2>{run_facts(metrics)}</section>",
         f"<section><h2>Recipe</h2><pre>{esc(recipe_yaml.rstrip() or '(no recipe recorded)')}</pre></section>",
     ]
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>tinykd report — {esc(name)} ({esc(dataset)})</title>\n<style>{CSS}</style>\n</head>\n"
-            f"<body>\n<main>\n" + "\n".join(sections)
+            f"<title>tinykd report — {esc(name)} ({esc(dataset)})</title>\n"
+            f"<style>{CSS}{DEPLOY_CSS if deployment else ''}</style>\n</head>\n"
+            f"<body>\n<main>\n" + "\n".join(s for s in sections if s)
             + '\n<footer>Generated by tinykd. Numbers are on the test split unless stated.</footer>\n'
             "</main>\n</body>\n</html>\n")
 

@@ -4,6 +4,3 @@ from .base import LOSSES, Batch, LossTerm, Params, SetupContext, build_loss, des
 
 __all__ = ["LOSSES", "Batch", "LossTerm", "Params", "SetupContext", "build_loss", "describe_losses", "register_loss"]
 
-# The schemes' terms (dml, peer_ensemble, byot, pskd, multi_hint) register when their package is imported;
-# it imports this package's names above, so it comes last.
-from .. import schemes  # noqa: E402,F401

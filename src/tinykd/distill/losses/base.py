@@ -84,8 +84,15 @@ def register_loss(cls: type[LossTerm]) -> type[LossTerm]:
     return cls
 
 
+def _register_scheme_terms() -> None:
+    """The schemes' terms (dml, peer_ensemble, byot, pskd, multi_hint) register when tinykd.distill.schemes is
+    imported; it imports the trainer, which imports this module, so it is imported on first lookup instead."""
+    import tinykd.distill.schemes  # noqa: F401
+
+
 def build_loss(name: str, params: dict, *, where: str = "distill.losses") -> LossTerm:
     """A LossTerm from its registry name and raw hyper-parameters, with recipe-style errors."""
+    _register_scheme_terms()
     if name not in LOSSES:
         raise unknown_name("loss term", name, LOSSES, where=where)
     cls = LOSSES[name]
@@ -108,6 +115,7 @@ def build_loss(name: str, params: dict, *, where: str = "distill.losses") -> Los
 
 def describe_losses() -> list[dict]:
     """Name, description, paper and hyper-parameters (with defaults) of every registered term."""
+    _register_scheme_terms()
     rows = []
     for name, cls in sorted(LOSSES.items()):
         hp = {k: f.default for k, f in cls.Params.model_fields.items()}
