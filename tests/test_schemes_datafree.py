@@ -17,15 +17,6 @@ from tinykd.models import create_model
 from tinykd.recipe import MixupConfig, TrainConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _teacher(seed=0, batch_norm=False):
     torch.manual_seed(seed)
     model = create_model("cnn", num_classes=4, in_shape=(1, 8, 8), widths=[4, 8], hidden=16)

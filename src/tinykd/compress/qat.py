@@ -15,10 +15,7 @@ borderline predictions can change. ``count_macs`` and PyTorch latency also work 
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,26 +25,16 @@ from torch import nn
 from ..data.spec import Split
 from ..distill.trainer import Trainer
 from ..errors import TinyKDError
+from ..deploy.quiet import quiet
 from ..recipe import LossSpec, TrainConfig
 from .prune import DEFAULT_LOSSES, loss_terms
 
 _CALIBRATION_SAMPLES = 256
 
 
-@contextlib.contextmanager
 def _quiet():
     """torchao logs warnings about optional GPU kernels it cannot load on CPU; they are noise here."""
-    loggers = [logging.getLogger(n) for n in ("torchao", "torch._dynamo", "torch.export", "torch.fx")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
+    return quiet(("torchao", "torch._dynamo", "torch.export", "torch.fx"), stdout=False)
 
 
 def _pt2e():

@@ -5,11 +5,7 @@ program is exported at batch 1 (static shapes, as on a device); ``pte_predict`` 
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import TinyKDError
+from .quiet import quiet
 
 EXTRA_FIX = "pip install 'tinykd[executorch]'"
 
@@ -77,20 +74,9 @@ def _import(module: str, purpose: str):
         raise TinyKDError(f"{purpose} needs the executorch extra, which is not installed", EXTRA_FIX) from None
 
 
-@contextlib.contextmanager
 def _quiet():
     """Silence export warnings and progress logging (errors still propagate)."""
-    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._dynamo", "executorch")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
+    return quiet(("torch.export", "torch._dynamo", "executorch"))
 
 
 def pte_latency(path: str | Path, in_shape: tuple[int, ...], *, warmup: int, repeats: int) -> dict:

@@ -1,11 +1,7 @@
 """ONNX export of a PyTorch model (batch dimension dynamic, weights embedded) and ORT sessions to run it."""
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import TinyKDError
+from .quiet import quiet
 
 INPUT, OUTPUT = "input", "logits"
 
@@ -46,20 +43,9 @@ def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path, *
     return path
 
 
-@contextlib.contextmanager
 def _quiet():
     """Silence the exporters' progress chatter and deprecation noise (errors still propagate)."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
+    return quiet(("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"))
 
 
 def ort_session(path: str | Path, *, threads: int = 1):

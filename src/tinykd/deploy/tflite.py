@@ -7,11 +7,8 @@ at batch 1, the MCU case; ``tflite_predict`` loops over samples.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import TinyKDError
+from .quiet import quiet
 
 EXTRA_FIX = "pip install 'tinykd[tflite]'"
 
@@ -145,26 +143,9 @@ def _import(module: str, purpose: str):
         torchao_log.setLevel(level)
 
 
-@contextlib.contextmanager
 def _quiet():
     """Silence litert-torch's progress display, export warnings and absl/TF logging (errors propagate)."""
-    old = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
-    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    loggers = [logging.getLogger(n) for n in ("", "absl", "torch.export", "torch._dynamo", "litert_torch")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
-        if old is None:
-            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
-        else:
-            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = old
+    return quiet(("", "absl", "torch.export", "torch._dynamo", "litert_torch"), {"LITERT_TORCH_SHOW_PROGRESS": "n"})
 
 
 def tflite_latency(path: str | Path, *, warmup: int, repeats: int, threads: int = 1) -> dict:
