@@ -104,12 +104,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=None, help="subset of method names (default: all)")
     ap.add_argument("--quick", action="store_true", help="3 epochs, for a smoke run")
+    ap.add_argument("--tables-only", action="store_true", help="rewrite the tables from the stored results")
     args = ap.parse_args()
     console = Console()
     RESULTS.mkdir(exist_ok=True)
     store = RESULTS / ("methods.quick.json" if args.quick else "methods.json")
     done = json.loads(store.read_text()) if store.is_file() else {}
     all_setups = setups(args.quick)
+    if args.tables_only:
+        for setup_name in args.setups:
+            if setup_name in done:
+                s = all_setups[setup_name]
+                write_markdown(done, setup_name, s, load_dataset(s["data"][0], seed=0, **s["data"][1]), args)
+        return
     for setup_name in args.setups:
         s = all_setups[setup_name]
         ds_name, ds_opts = s["data"]
