@@ -34,7 +34,7 @@ _CALIBRATION_SAMPLES = 256
 
 def _quiet():
     """torchao logs warnings about optional GPU kernels it cannot load on CPU; they are noise here."""
-    return quiet(("torchao", "torch._dynamo", "torch.export", "torch.fx"), stdout=False)
+    return quiet(("torchao", "torch._dynamo", "torch.export", "torch.fx", "torch.utils._pytree"), stdout=False)
 
 
 def _pt2e():

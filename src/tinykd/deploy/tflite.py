@@ -145,7 +145,8 @@ def _import(module: str, purpose: str):
 
 def _quiet():
     """Silence litert-torch's progress display, export warnings and absl/TF logging (errors propagate)."""
-    return quiet(("", "absl", "torch.export", "torch._dynamo", "litert_torch"), {"LITERT_TORCH_SHOW_PROGRESS": "n"})
+    return quiet(("", "absl", "torch.export", "torch._dynamo", "torch.utils._pytree", "litert_torch"),
+                 {"LITERT_TORCH_SHOW_PROGRESS": "n"})
 
 
 def tflite_latency(path: str | Path, *, warmup: int, repeats: int, threads: int = 1) -> dict:
