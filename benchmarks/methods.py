@@ -170,7 +170,8 @@ def write_markdown(done: dict, setup_name: str, s: dict, data, args) -> None:
             continue
         rows.append([method, mean_std([o["best"] for o in outs]), mean_std([o["last"] for o in outs]),
                      str(len(outs)), f"{sum(o['s_per_epoch'] for o in outs) / len(outs):.2f}",
-                     "—" if entry["weight"] is None else f"{entry['weight']:g}", f"{entry['helper_params']:,}"])
+                     "—" if entry["weight"] is None else f"{entry['weight']:g}",
+                     f"— ({entry['helper_params']:,} own)" if method == "teacher" else f"{entry['helper_params']:,}"])
     t_name, t_kw = s["teacher"]
     st_name, st_kw = s["student"]
     suffix = ".quick" if args.quick else ""
