@@ -34,13 +34,14 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=["mnist_edge", "fsdd_edge"])
     ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "compress.md"))
     ap.add_argument("--runs", default="/tmp/tinykd-compress-runs", help="where the run folders go (replaced)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides for every recipe")
     args = ap.parse_args()
     os.chdir(ROOT)  # the recipes' data paths are relative to the repository root
     console = Console()
     rows, notes = [], []
     runs = Path(args.runs)
     for name in args.recipes:
-        recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", [f"output_dir={runs}"])
+        recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", [f"output_dir={runs}", *args.set])
         shutil.rmtree(runs / recipe.name, ignore_errors=True)
         result = run(recipe, console=console, progress=False)
         m = result.metrics
