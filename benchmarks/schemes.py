@@ -4,6 +4,7 @@ chain, self-distillation (BYOT, PS-KD), the teacher-output cache's epoch time, a
 Every row is a mean ± std over seeds of the test accuracy at the best validation epoch and at the last epoch.
 
     python benchmarks/schemes.py [--seeds 0 1 2] [--only dml multi ta self cache datafree] [--quick]
+                                 [--budget dafl_epochs=60 ...]
 
 ``--quick`` is a smoke run (tiny budgets, one seed, written to results/schemes_quick.md); it checks that every
 scheme runs, not how well.
@@ -42,10 +43,10 @@ MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 # Budgets of the full run and of the --quick smoke run.
 FULL = dict(seeds=[0, 1, 2], limit=None, epochs_1d=40, teacher_epochs_1d=40, epochs_img=20, teacher_epochs_img=15,
             cache_epochs=3, mnist="idx", lenet_epochs=10, dafl_epochs=20, dafl_steps=100, dafl_batch=128,
-            dafl_base=64, di_samples=2000, di_iterations=200, di_epochs=30)
+            dafl_base=64, dafl_lr_g=1e-3, di_samples=2000, di_iterations=200, di_epochs=30)
 QUICK = dict(seeds=[0], limit=400, epochs_1d=2, teacher_epochs_1d=2, epochs_img=2, teacher_epochs_img=1,
              cache_epochs=2, mnist="mnist5k", lenet_epochs=1, dafl_epochs=2, dafl_steps=4, dafl_batch=32,
-             dafl_base=16, di_samples=64, di_iterations=10, di_epochs=2)
+             dafl_base=16, dafl_lr_g=1e-3, di_samples=64, di_iterations=10, di_epochs=2)
 
 
 # ----- one training run ---------------------------------------------------------------------------
@@ -239,7 +240,7 @@ def data_free(table: Table, data: DataBundle, budget: dict, seed: int, grids: Pa
     # DAFL: the student never sees a training image; the real validation split only picks the best epoch.
     torch.manual_seed(seed)
     source = DAFLBatches(teacher, tuple(data.spec.shape), steps_per_epoch=budget["dafl_steps"],
-                         batch_size=budget["dafl_batch"], base=budget["dafl_base"], lr=1e-3, one_hot=1.0,
+                         batch_size=budget["dafl_batch"], base=budget["dafl_base"], lr=budget["dafl_lr_g"], one_hot=1.0,
                          activation=0.1, info_entropy=5.0 / math.log(10))  # the authors' ie = 5 with log10
     s_cfg = TrainConfig(epochs=budget["dafl_epochs"], batch_size=budget["dafl_batch"], optimizer="adam", lr=2e-3,
                         weight_decay=0.0)
@@ -273,9 +274,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--only", nargs="+", choices=["dml", "multi", "ta", "self", "cache", "datafree"])
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings on a shared machine)")
+    ap.add_argument("--budget", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override a budget entry, e.g. dafl_epochs=60 (keys: those of FULL)")
     ap.add_argument("--out")
     args = ap.parse_args()
     budget = dict(QUICK if args.quick else FULL)
+    for item in args.budget:
+        key, sep, value = item.partition("=")
+        if not sep or key not in budget:
+            ap.error(f"--budget {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(budget))}")
+        budget[key] = type(budget[key])(float(value)) if isinstance(budget[key], (int, float)) else value
     seeds = args.seeds or budget["seeds"]
     only = set(args.only or ["dml", "multi", "ta", "self", "cache", "datafree"])
     out = Path(args.out or RESULTS / ("schemes_quick.md" if args.quick else "schemes.md"))

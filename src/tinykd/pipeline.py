@@ -119,17 +119,8 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
         return _tracked(recipe, run_dir, label, emissions)
 
     teacher_model = teacher or _create(recipe.teacher.model, recipe.teacher.kwargs, spec, "teacher", recipe.seed)
-    if recipe.teacher.checkpoint:
-        path = _resolve(recipe.teacher.checkpoint, recipe.base_dir, "teacher.checkpoint")
-        load_weights(teacher_model, load_state_dict(path), source=str(path))
-        console.print(f"teacher: loaded weights from {path}")
-    else:
-        with tracked("teacher"):
-            res = Trainer(teacher_model, [(1.0, build_loss("ce", {"label_smoothing": recipe.teacher.train.label_smoothing}))],
-                          recipe.teacher.train, out_dir=run_dir / "teacher", label="teacher", seed=recipe.seed,
-                          console=console, progress=progress).fit(bundle.train, bundle.val)
-        histories += res.history
-    teacher_model.eval().requires_grad_(False)
+    histories += _train_or_load(teacher_model, recipe.teacher, "teacher", recipe, bundle, run_dir, tracked, console,
+                                progress)
 
     models: dict[str, nn.Module] = {"teacher": teacher_model}
     compression: dict[str, object] = {}
@@ -151,22 +142,25 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
         models["student_scratch"] = scratch
 
     distilled = _fresh_student(recipe, spec, student)
-    terms = [(l.weight, build_loss(l.name, l.params(), where=f"distill.losses[{i}]"))
-             for i, l in enumerate(recipe.distill.losses)]
+    terms = _terms(recipe)
     transfer = _transfer_inputs(recipe, bundle, console) if recipe.distill.transfer else None
+    scheme = _Scheme(recipe, bundle, run_dir, console, progress)
+    source, batches, train = scheme.prepare(distill_teacher, distilled, models, histories, tracked)
     with tracked("student"):
         res = Trainer(distilled, terms, recipe.student.train, out_dir=run_dir / "student", label="student",
-                      seed=recipe.seed, teacher=distill_teacher, console=console, progress=progress,
-                      transfer=transfer, mixup=recipe.distill.mixup).fit(bundle.train, bundle.val)
+                      seed=recipe.seed, teacher=source, console=console, progress=progress, transfer=transfer,
+                      mixup=recipe.distill.mixup, batches=batches).fit(train, bundle.val)
     histories += res.history
     models["student"] = distilled
     helper_params = sum(count_params(t) for _, t in terms)
+    scheme_facts = scheme.finish(source, batches, res, distilled)
 
     qat_model = _compress_student(recipe, distilled, distill_teacher, bundle, run_dir, models, compression,
                                   tracked, console, progress)
     artifacts = _export(recipe, models, bundle, run_dir, console, qat_model)
     metrics = _measure(recipe, models, artifacts, bundle, run_dir, console)
     metrics["run"].update({"helper_params": helper_params, "seconds": round(time.perf_counter() - t_start, 1)})
+    metrics["scheme"] = scheme_facts
     if compression:
         metrics["compression"] = compression
     if emissions:
@@ -178,6 +172,177 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
         with console.status("writing report"):
             write_report(run_dir, metrics, histories, recipe.to_yaml())
     return RunResult(run_dir, metrics, histories, models)
+
+
+# ----- teachers and schemes -----------------------------------------------------------------------------------
+def _train_or_load(model: nn.Module, cfg, label: str, recipe: Recipe, bundle: DataBundle, run_dir: Path, tracked,
+                   console: Console, progress: bool) -> list[dict]:
+    """Load ``cfg.checkpoint`` into ``model`` or train it on the labels in ``run_dir/label``; freeze it. Its history."""
+    history: list[dict] = []
+    where = "teacher" if label == "teacher" else f"distill.teachers[{int(label.rsplit('_', 1)[1]) - 2}]"
+    if cfg.checkpoint:
+        path = _resolve(cfg.checkpoint, recipe.base_dir, f"{where}.checkpoint")
+        load_weights(model, load_state_dict(path), source=str(path))
+        console.print(f"{label}: loaded weights from {path}")
+    else:
+        with tracked(label):
+            res = Trainer(model, [(1.0, build_loss("ce", {"label_smoothing": cfg.train.label_smoothing}))],
+                          cfg.train, out_dir=run_dir / label, label=label, seed=recipe.seed,
+                          console=console, progress=progress).fit(bundle.train, bundle.val)
+        history = res.history
+    model.eval().requires_grad_(False)
+    return history
+
+
+def _terms(recipe: Recipe) -> list:
+    """Fresh loss terms of ``distill.losses`` (each call builds new helpers)."""
+    return [(l.weight, build_loss(l.name, l.params(), where=f"distill.losses[{i}]"))
+            for i, l in enumerate(recipe.distill.losses)]
+
+
+def _kd_temperature(recipe: Recipe) -> float:
+    """The temperature of the first loss term that has one (a multi-teacher ensemble mixes probabilities at it)."""
+    for l in recipe.distill.losses:
+        t = l.params().get("temperature")
+        if isinstance(t, (int, float)):
+            return float(t)
+    return 4.0
+
+
+WIDTH_ARGS = ("widths", "width", "hidden", "channels", "width_mult", "base")
+
+
+class _Scheme:
+    """Who teaches the distilled student (DistillConfig.scheme), and what the report says about it."""
+
+    def __init__(self, recipe: Recipe, bundle: DataBundle, run_dir: Path, console: Console, progress: bool):
+        self.recipe, self.bundle, self.run_dir, self.console, self.progress = recipe, bundle, run_dir, console, progress
+        self.d = recipe.distill
+        self.facts: dict = {"name": self.d.scheme}
+
+    def prepare(self, teacher: nn.Module, student: nn.Module, models: dict, histories: list, tracked):
+        """(teacher source, batch source or None, training split or None) for the distilled student."""
+        d, spec = self.d, self.bundle.spec
+        source: object = teacher
+        if d.scheme == "multi_teacher":
+            from .distill.schemes import TeacherEnsemble
+
+            members = [teacher]
+            for i, cfg in enumerate(d.teachers, start=2):
+                label = f"teacher_{i}"
+                model = _create(cfg.model, cfg.kwargs, spec, f"distill.teachers[{i - 2}]", self.recipe.seed + i)
+                histories += _train_or_load(model, cfg, label, self.recipe, self.bundle, self.run_dir, tracked,
+                                            self.console, self.progress)
+                models[label] = model
+                members.append(model)
+            source = TeacherEnsemble(members, weights=d.teacher_weights, temperature=_kd_temperature(self.recipe))
+            self.facts.update({"teachers": ["teacher", *(f"teacher_{i}" for i in range(2, len(members) + 1))],
+                               "teacher_weights": d.teacher_weights, "temperature": _kd_temperature(self.recipe)})
+            self.console.print(f"multi-teacher: {len(members)} teachers, weights {d.teacher_weights}")
+        elif d.scheme == "assistant":
+            source = self._chain(teacher, student, models, histories)
+        if d.cache:
+            from .distill.cache import TeacherCache
+
+            folder = (_resolve_dir(d.cache_dir, self.recipe.base_dir) if d.cache_dir else self.run_dir / "teacher_cache")
+            source = TeacherCache(source, folder, preprocessing=self.bundle.info.get("normalize"))
+            self.facts["cache_dir"] = str(folder)
+        if d.scheme == "data_free":
+            return self._data_free(teacher)
+        return source, None, self.bundle.train
+
+    def _chain(self, teacher: nn.Module, student: nn.Module, models: dict, histories: list) -> nn.Module:
+        from .distill.schemes import assistant_kwargs, distill_chain
+
+        d, spec, r = self.d, self.bundle.spec, self.recipe
+        configs = list(d.assistants)
+        if not configs:
+            if not type(student).__module__.startswith("tinykd"):
+                raise RecipeError("an automatic assistant needs a registry student (the assistant is the student's "
+                                  "family at a larger width)", "list the assistants in distill.assistants",
+                                  where="distill.assistants")
+            arg = d.assistant_width_arg or next((a for a in WIDTH_ARGS if a in r.student.kwargs), None)
+            if arg is None:
+                raise RecipeError(f"cannot size an assistant: student.kwargs {sorted(r.student.kwargs)} name no width "
+                                  f"argument ({', '.join(WIDTH_ARGS)})", "set distill.assistant_width_arg to the "
+                                  "student's width keyword, or list distill.assistants", where="distill.assistants")
+            try:
+                (kwargs,) = assistant_kwargs(r.student.model, dict(r.student.kwargs), width_arg=arg,
+                                             num_classes=spec.num_classes, in_shape=tuple(spec.shape),
+                                             teacher_params=count_params(teacher), student_params=count_params(student))
+            except TinyKDError as err:
+                raise type(err)(err.what, err.fix, where="distill.assistants") from None
+            configs = [r.student.model_copy(update={"kwargs": kwargs, "checkpoint": None})]
+            self.console.print(f"assistant chosen: {r.student.model} {arg}={kwargs[arg]} "
+                               "(parameters nearest the geometric mean of teacher and student)")
+            d.assistants = configs
+        stages = [("teacher", teacher)]
+        for i, cfg in enumerate(configs, start=1):
+            stages.append((f"assistant{i}", _create(cfg.model, cfg.kwargs, spec, f"distill.assistants[{i - 1}]",
+                                                    r.seed + 100 + i)))
+        chain = distill_chain(stages, self.bundle.train, self.bundle.val, r.student.train,
+                              out_dir=self.run_dir / "chain", terms=lambda: _terms(r), train_first=False,
+                              seed=r.seed, console=self.console, progress=self.progress)
+        for st in chain[1:]:
+            models[st.label] = st.model.requires_grad_(False)
+            state = st.out_dir / "last.json"
+            if state.is_file():
+                from .io import read_json
+                histories += read_json(state).get("history", [])
+        self.facts["stages"] = [{k: v for k, v in st.row().items() if k != "out_dir"} for st in chain]
+        return chain[-1].model
+
+    def _data_free(self, teacher: nn.Module):
+        from .distill.schemes import DAFLBatches, deep_inversion
+
+        cfg, shape = self.d.data_free, tuple(self.bundle.spec.shape)
+        self.facts["method"] = cfg.method
+        if cfg.method == "dafl":
+            torch.manual_seed(self.recipe.seed)
+            batches = DAFLBatches(teacher, shape, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
+                                  latent_dim=cfg.latent_dim, lr=cfg.generator_lr, base=cfg.generator_base,
+                                  one_hot=cfg.one_hot, activation=cfg.activation, info_entropy=cfg.info_entropy)
+            self.console.print(f"data-free (DAFL): {cfg.steps_per_epoch} generated batches of {cfg.batch_size} "
+                               "per epoch; the student sees no training input")
+            return teacher, batches, None
+        try:
+            synth = deep_inversion(teacher, shape, cfg.samples, batch_size=min(256, cfg.samples),
+                                   iterations=cfg.iterations, lr=cfg.inversion_lr, bn_weight=cfg.bn_weight,
+                                   seed=self.recipe.seed, console=self.console)
+        except TinyKDError as err:
+            raise type(err)(err.what, err.fix, where="distill.data_free.method") from None
+        self.synthetic = synth
+        return teacher, None, synth
+
+    def finish(self, source, batches, result, student: nn.Module) -> dict:
+        """Facts about the scheme for metrics.json, and the synthetic-sample figure of a data-free run."""
+        from .distill.cache import TeacherCache
+
+        if isinstance(source, TeacherCache):
+            self.facts["cache_stats"] = dict(source.stats)
+        if self.d.scheme == "data_free":
+            from .distill.schemes import save_grid
+
+            if batches is not None:
+                x = batches.sample(32)
+                labels = predict_logits(batches.teacher, x).argmax(1).tolist()
+            else:
+                x, labels = self.synthetic.x[:32], self.synthetic.y[:32].tolist()
+            path = self.run_dir / "figures" / "synthetic_samples.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_grid(x, path, labels=labels, title=f"{self.d.data_free.method}: synthetic inputs (teacher's class)")
+            self.facts["samples_figure"] = str(path.relative_to(self.run_dir))
+        if self.d.scheme == "assistant":
+            self.facts["stages"].append({"stage": len(self.facts["stages"]), "label": "student",
+                                         "teacher": self.facts["stages"][-1]["label"], "params": count_params(student),
+                                         "best_epoch": result.best_epoch,
+                                         "best_val_accuracy": result.best_val_accuracy})
+        return self.facts
+
+
+def _resolve_dir(path: str, base_dir: str | None) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or base_dir is None or Path.cwd().joinpath(p).exists() else Path(base_dir) / p
 
 
 # ----- optional stages: microcontroller pre-check, energy tracking, compression -------------------------------
@@ -546,7 +711,7 @@ def _variant(name: str, pred, y, spec, latency: dict, runtime: str, *, model_nam
              artifact: Path, run_dir: Path, extra: dict) -> dict:
     acc = classification_metrics(y, pred, spec.num_classes)
     primary = latency[runtime]
-    v = {"label": LABELS.get(name, name), "model": model_name, "runtime": runtime,
+    v = {"label": _label(name), "model": model_name, "runtime": runtime,
          "accuracy": acc["accuracy"], "macro_f1": acc["macro_f1"], "params": params,
          "file_bytes": file_bytes(artifact), "artifact": str(artifact.relative_to(run_dir)), "macs": macs,
          "latency_ms_b1": primary["b1"]["median_ms"], "latency_ms_b1_p90": primary["b1"]["p90_ms"]}
@@ -558,9 +723,24 @@ def _variant(name: str, pred, y, spec, latency: dict, runtime: str, *, model_nam
     return v
 
 
+def _label(name: str) -> str:
+    """The display label of a variant: teacher_2 → "Teacher 2 (fp32)", assistant1 → "Assistant 1 (fp32)"."""
+    if name in LABELS:
+        return LABELS[name]
+    for prefix, word in (("teacher_", "Teacher"), ("assistant", "Assistant")):
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return f"{word} {name[len(prefix):]} (fp32)"
+    return name
+
+
 def _model_name(recipe: Recipe, name: str, model: nn.Module) -> str:
-    cfg = recipe.teacher if name == "teacher" else recipe.student
-    return cfg.model if type(model).__module__.startswith("tinykd") else type(model).__name__
+    if not type(model).__module__.startswith("tinykd"):
+        return type(model).__name__
+    d = recipe.distill
+    extra = {f"teacher_{i}": c for i, c in enumerate(d.teachers, start=2)}
+    extra |= {f"assistant{i}": c for i, c in enumerate(d.assistants, start=1)}
+    cfg = recipe.teacher if name in ("teacher", "teacher_pruned") else extra.get(name, recipe.student)
+    return cfg.model
 
 
 def _ratios(teacher: dict, final: dict) -> dict:

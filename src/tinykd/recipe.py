@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError, closest
 
@@ -90,13 +90,54 @@ class MixupConfig(_Section):
     ratio: float = Field(1.0, gt=0, le=4)  # mixed samples added per batch, as a fraction of the batch size
 
 
+class DataFreeConfig(_Section):
+    """Data-free distillation: the distilled student sees no training input, only inputs synthesised from the
+    frozen teacher. DAFL (Chen et al. 2019): a generator trained against the teacher makes every batch.
+    DeepInversion (Yin et al. 2020): inputs optimised to match the teacher's BatchNorm statistics (needs a teacher
+    with BatchNorm). The real validation split still picks the best epoch; the scratch baseline, the reference,
+    trains on the real data."""
+
+    method: Literal["dafl", "deepinversion"] = "dafl"
+    # DAFL
+    steps_per_epoch: int = Field(100, ge=1)
+    batch_size: int = Field(128, ge=2)
+    latent_dim: int = Field(100, ge=1)
+    generator_base: int = Field(32, ge=2)  # channels of the generator's first block
+    generator_lr: float = Field(1e-3, gt=0)
+    one_hot: float = Field(1.0, ge=0)
+    activation: float = Field(0.1, ge=0)
+    info_entropy: float = Field(2.17, ge=0)  # the authors' 5 with log10, in natural log
+    # DeepInversion
+    samples: int = Field(2000, ge=1)
+    iterations: int = Field(200, ge=1)
+    inversion_lr: float = Field(0.1, gt=0)
+    bn_weight: float = Field(0.05, ge=0)
+
+
 class DistillConfig(_Section):
-    """The loss terms of distillation, extra transfer data, and whether to train the from-scratch baseline."""
+    """The loss terms of distillation, the scheme (who teaches whom), extra transfer data, and whether to train
+    the from-scratch baseline.
+
+    Schemes: ``offline`` (the teacher teaches the student); ``multi_teacher`` (the teacher and ``teachers``,
+    combined per sample by ``teacher_weights``); ``assistant`` (teacher → ``assistants`` → student, each stage a
+    full distillation with ``losses``; with no assistants given, one of the student's family whose size is the
+    geometric mean of teacher and student); ``data_free`` (see DataFreeConfig). ``cache`` serves the teacher's
+    outputs from a memory-mapped store (offline and multi_teacher), computed once and reused across epochs and,
+    with a shared ``cache_dir``, across runs. Online and self-distillation are loss terms (dml, byot, pskd).
+    """
 
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd", temperature=4.0, alpha=0.9)])
     scratch_baseline: bool = True
     transfer: TransferConfig | None = None
     mixup: MixupConfig | None = None
+    scheme: Literal["offline", "multi_teacher", "assistant", "data_free"] = "offline"
+    cache: bool = False
+    cache_dir: str | None = None  # default: <run>/teacher_cache
+    teachers: list[ModelConfig] = Field(default_factory=list)
+    teacher_weights: Literal["mean", "entropy", "confidence", "label"] | list[float] = "mean"
+    assistants: list[ModelConfig] = Field(default_factory=list)
+    assistant_width_arg: str | None = None  # the student kwarg scaled to size an automatic assistant
+    data_free: DataFreeConfig = Field(default_factory=DataFreeConfig)
 
     @field_validator("losses")
     @classmethod
@@ -104,6 +145,23 @@ class DistillConfig(_Section):
         if not v:
             raise ValueError("needs at least one loss term, e.g. [{name: kd, temperature: 4, alpha: 0.9}]")
         return v
+
+    @model_validator(mode="after")
+    def _scheme_fits(self) -> DistillConfig:
+        if self.scheme == "multi_teacher" and not self.teachers:
+            raise ValueError("scheme multi_teacher needs the extra teachers in distill.teachers, e.g. "
+                             "[{model: mlp, kwargs: {hidden: [256]}}]")
+        if self.teachers and self.scheme != "multi_teacher":
+            raise ValueError("distill.teachers is used only by scheme multi_teacher: set distill.scheme=multi_teacher")
+        if self.assistants and self.scheme != "assistant":
+            raise ValueError("distill.assistants is used only by scheme assistant: set distill.scheme=assistant")
+        if isinstance(self.teacher_weights, list) and len(self.teacher_weights) != len(self.teachers) + 1:
+            raise ValueError(f"teacher_weights lists {len(self.teacher_weights)} numbers for "
+                             f"{len(self.teachers) + 1} teachers (the teacher and distill.teachers): give one each")
+        if self.scheme == "data_free" and (self.transfer or self.mixup or self.cache):
+            raise ValueError("scheme data_free uses synthetic inputs only: remove distill.transfer, distill.mixup "
+                             "and distill.cache")
+        return self
 
 
 class QuantizeConfig(_Section):

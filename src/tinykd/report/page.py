@@ -12,6 +12,7 @@ from ..io import atomic_write
 from .deploy import deployment_section
 from .markup import esc
 from .narrative import findings
+from .scheme import scheme_section
 from .style import variant_colors
 from .summary import (MISSING, format_bytes, format_count, format_ms, format_percent, ordered_variants,
                       summary_rows, variant_label, variant_metric)
@@ -145,12 +146,12 @@ def write_report(run_dir: Path, metrics: dict, history: list[dict], recipe_yaml:
     """Draw the figures into ``run_dir/figures`` and write the self-contained ``run_dir/report.html``."""
     run_dir = Path(run_dir)
     figures = make_figures(metrics, history, run_dir / "figures")
-    page = render_page(metrics, figures, recipe_yaml)
+    page = render_page(metrics, figures, recipe_yaml, run_dir=run_dir)
     return atomic_write(run_dir / "report.html", page.encode("utf-8"))
 
 
-def render_page(metrics: dict, figures: dict[str, Path], recipe_yaml: str) -> str:
-    """The whole report page as an HTML string."""
+def render_page(metrics: dict, figures: dict[str, Path], recipe_yaml: str, run_dir: Path | None = None) -> str:
+    """The whole report page as an HTML string (``run_dir``: where the scheme's extra figures are)."""
     run = metrics.get("run") or {}
     name, dataset = run.get("name") or "unnamed run", run.get("dataset") or "unknown dataset"
     deployment = deployment_section(metrics)
@@ -161,6 +162,7 @@ def render_page(metrics: dict, figures: dict[str, Path], recipe_yaml: str) -> st
         f"<section><h2>Summary</h2>{summary_table(metrics)}</section>",
         "<section><h2>Figures</h2>"
         + "".join(_figure(i, key, path) for i, (key, path) in enumerate(figures.items(), 1)) + "</section>",
+        scheme_section(metrics, run_dir),
         deployment,
         f"<section><h2>Run facts</h2>{run_facts(metrics)}</section>",
         f"<section><h2>Recipe</h2><pre>{esc(recipe_yaml.rstrip() or '(no recipe recorded)')}</pre></section>",

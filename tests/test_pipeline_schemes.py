@@ -1,0 +1,100 @@
+"""Schemes from a recipe (distill.scheme): multi-teacher with the teacher-output cache, a teacher-assistant chain,
+data-free DAFL; each runs end to end through the pipeline and shows up in metrics.json and the report."""
+import json
+
+import pytest
+
+from tinykd.errors import RecipeError
+from tinykd.io import load_state_dict
+from tinykd.pipeline import run
+from tinykd.recipe import load_recipe
+
+BASE = {
+    "name": "scheme",
+    "data": {"name": "digits"},
+    "teacher": {"model": "cnn", "kwargs": {"widths": [16, 32], "hidden": 64},
+                "train": {"epochs": 3, "batch_size": 64, "lr": 0.005}},
+    "student": {"model": "cnn", "kwargs": {"widths": [4, 8], "hidden": 16},
+                "train": {"epochs": 3, "batch_size": 64, "lr": 0.01}},
+    "distill": {"scratch_baseline": False},
+    "quantize": {"calibration_samples": 64},
+    "measure": {"warmup": 1, "repeats": 5, "batch_sizes": [1]},
+}
+
+
+def _run(tmp_path, *overrides):
+    return run(load_recipe(BASE, [f"output_dir={tmp_path}", *overrides]), progress=False)
+
+
+def test_multi_teacher_with_cache(tmp_path):
+    res = _run(tmp_path, "distill.scheme=multi_teacher", "distill.teacher_weights=label", "distill.cache=true",
+               "distill.teachers=[{model: mlp, kwargs: {hidden: [64]}, train: {epochs: 3}}]")
+    m = res.metrics
+    facts = m["scheme"]
+    assert facts["name"] == "multi_teacher" and facts["teachers"] == ["teacher", "teacher_2"]
+    # The second teacher was trained on the labels in its own folder, measured as a variant and never changed after.
+    t2 = m["variants"]["teacher_2"]
+    assert t2["model"] == "mlp" and t2["label"] == "Teacher 2 (fp32)" and t2["accuracy"] > 0.5
+    saved = load_state_dict(res.run_dir / "teacher_2" / "best.safetensors")
+    for key, value in res.models["teacher_2"].state_dict().items():
+        assert (saved[key] == value).all(), key
+    # The cache filled on the first epoch and served the later ones.
+    stats = facts["cache_stats"]
+    n_train = m["run"]["split_sizes"]["train"]
+    assert stats["computed"] == n_train and stats["hits"] >= 2 * n_train and stats["live"] == 0
+    assert any((res.run_dir / "teacher_cache").iterdir())
+    assert m["variants"]["student"]["accuracy"] > 0.3
+    html = (res.run_dir / "report.html").read_text()
+    assert "Distillation scheme" in html and "Teacher 2 (fp32)" in html and "served from the store" in html
+
+
+def test_assistant_chain_rows(tmp_path):
+    res = _run(tmp_path, "distill.scheme=assistant")
+    m = res.metrics
+    stages = m["scheme"]["stages"]
+    assert [s["label"] for s in stages] == ["teacher", "assistant1", "student"]
+    assert [s["teacher"] for s in stages] == [None, "teacher", "assistant1"]
+    t, a, s = (st["params"] for st in stages)
+    assert t > a > s  # the automatic assistant sits between teacher and student
+    assert m["variants"]["assistant1"]["params"] == a and m["variants"]["assistant1"]["model"] == "cnn"
+    assert (res.run_dir / "chain" / "stage1-assistant1" / "best.safetensors").is_file()
+    html = (res.run_dir / "report.html").read_text()
+    assert "Teacher-assistant chain" in html and "Assistant 1 (fp32)" in html
+
+
+def test_data_free_dafl_learns_without_data(tmp_path):
+    res = _run(tmp_path, "distill.scheme=data_free", "student.train.epochs=4",
+               "distill.losses=[{name: kd, temperature: 1.0, alpha: 1.0}]",
+               "distill.data_free={steps_per_epoch: 30, batch_size: 64, generator_base: 16}")
+    m = res.metrics
+    assert m["scheme"]["method"] == "dafl"
+    assert m["variants"]["student"]["accuracy"] > 0.3  # 10 classes: chance is 0.1; no training input was seen
+    assert (res.run_dir / m["scheme"]["samples_figure"]).is_file()
+    assert "fig-synthetic" in (res.run_dir / "report.html").read_text()
+    # The generator is never exported: the artifacts are the teacher's and the student's only.
+    names = sorted(p.name for p in (res.run_dir / "artifacts").iterdir())
+    assert names == ["student.int8.onnx", "student.onnx", "teacher.onnx"]
+    history = json.loads((res.run_dir / "student" / "last.json").read_text())["history"]
+    assert len(history) == 4
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["distill.scheme=multi_teacher"], "needs the extra teachers"),
+    (["distill.teachers=[{model: mlp}]"], "only by scheme multi_teacher"),
+    (["distill.assistants=[{model: cnn}]"], "only by scheme assistant"),
+    (["distill.scheme=multi_teacher", "distill.teachers=[{model: mlp}]", "distill.teacher_weights=[1, 2, 3]"],
+     "3 numbers for 2 teachers"),
+    (["distill.scheme=data_free", "distill.mixup={alpha: 1.0}"], "synthetic inputs only"),
+    (["distill.scheme=dml"], "distill.scheme"),
+])
+def test_scheme_recipe_errors(overrides, expected):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(BASE, overrides)
+    assert expected in str(err.value)
+
+
+def test_automatic_assistant_needs_a_width(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        _run(tmp_path, "distill.scheme=assistant", "student.model=lenet5_half", "student.kwargs={}",
+             "teacher.model=lenet5", "teacher.kwargs={}", "data.name=mnist5k", "data.limit=300")
+    assert "assistant_width_arg" in str(err.value)
