@@ -62,7 +62,13 @@ def test_assistant_chain_rows(tmp_path):
     assert "Teacher-assistant chain" in html and "Assistant 1 (fp32)" in html
 
 
-def test_data_free_dafl_learns_without_data(tmp_path):
+def test_data_free_dafl_learns_without_data(tmp_path, monkeypatch):
+    import tinykd.pipeline as pipeline
+
+    def no_real_data(*_a, **_k):
+        raise AssertionError("int8 calibration of a data-free run must not read the training split")
+
+    monkeypatch.setattr(pipeline, "calibration_subset", no_real_data)
     res = _run(tmp_path, "distill.scheme=data_free", "student.train.epochs=4",
                "distill.losses=[{name: kd, temperature: 1.0, alpha: 1.0}]",
                "distill.data_free={steps_per_epoch: 30, batch_size: 64, generator_base: 16}")
@@ -86,6 +92,7 @@ def test_data_free_dafl_learns_without_data(tmp_path):
      "3 numbers for 2 teachers"),
     (["distill.scheme=data_free", "distill.mixup={alpha: 1.0}"], "synthetic inputs only"),
     (["distill.scheme=dml"], "distill.scheme"),
+    (["distill.scheme=data_free", "compress.qat={epochs: 1}"], "synthetic inputs"),
 ])
 def test_scheme_recipe_errors(overrides, expected):
     with pytest.raises(RecipeError) as err:

@@ -157,7 +157,8 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
 
     qat_model = _compress_student(recipe, distilled, distill_teacher, bundle, run_dir, models, compression,
                                   tracked, console, progress)
-    artifacts = _export(recipe, models, bundle, run_dir, console, qat_model)
+    artifacts = _export(recipe, models, bundle, run_dir, console, qat_model,
+                        calib=scheme.calibration(recipe.quantize.calibration_samples))
     metrics = _measure(recipe, models, artifacts, bundle, run_dir, console)
     metrics["run"].update({"helper_params": helper_params, "seconds": round(time.perf_counter() - t_start, 1)})
     metrics["scheme"] = scheme_facts
@@ -219,6 +220,7 @@ class _Scheme:
         self.recipe, self.bundle, self.run_dir, self.console, self.progress = recipe, bundle, run_dir, console, progress
         self.d = recipe.distill
         self.facts: dict = {"name": self.d.scheme}
+        self.batches = self.synthetic = None
 
     def prepare(self, teacher: nn.Module, student: nn.Module, models: dict, histories: list, tracked):
         """(teacher source, batch source or None, training split or None) for the distilled student."""
@@ -302,6 +304,7 @@ class _Scheme:
             batches = DAFLBatches(teacher, shape, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
                                   latent_dim=cfg.latent_dim, lr=cfg.generator_lr, base=cfg.generator_base,
                                   one_hot=cfg.one_hot, activation=cfg.activation, info_entropy=cfg.info_entropy)
+            self.batches = batches
             self.console.print(f"data-free (DAFL): {cfg.steps_per_epoch} generated batches of {cfg.batch_size} "
                                "per epoch; the student sees no training input")
             return teacher, batches, None
@@ -313,6 +316,16 @@ class _Scheme:
             raise type(err)(err.what, err.fix, where="distill.data_free.method") from None
         self.synthetic = synth
         return teacher, None, synth
+
+    def calibration(self, n: int) -> np.ndarray | None:
+        """Int8 calibration inputs of a data-free run (synthetic, like everything its student saw); else None."""
+        if self.d.scheme != "data_free":
+            return None
+        if self.batches is not None:
+            with torch.random.fork_rng():
+                torch.manual_seed(self.recipe.seed)
+                return self.batches.sample(n).numpy()
+        return self.synthetic.x[:n].numpy()
 
     def finish(self, source, batches, result, student: nn.Module) -> dict:
         """Facts about the scheme for metrics.json, and the synthetic-sample figure of a data-free run."""
@@ -529,14 +542,16 @@ STUDENT_FAMILY = ("student", "student_pruned", "student_lowrank")  # fp32 studen
 
 
 def _export(recipe: Recipe, models: dict, bundle: DataBundle, run_dir: Path, console: Console,
-            qat_model: nn.Module | None = None) -> dict[str, Path]:
+            qat_model: nn.Module | None = None, calib: np.ndarray | None = None) -> dict[str, Path]:
     """Every artifact of the run under ``artifacts/``: ONNX fp32 of each model, ONNX int8 (static QDQ) of each
-    student, and the optional fp16 / dynamic-int8 / QAT / TFLite / ExecuTorch / C-array artifacts."""
+    student, and the optional fp16 / dynamic-int8 / QAT / TFLite / ExecuTorch / C-array artifacts. ``calib``:
+    int8 calibration inputs (default: a class-balanced subset of the training split)."""
     shape = tuple(bundle.spec.shape)
     art = run_dir / "artifacts"
     out: dict[str, Path] = {}
     q, d = recipe.quantize, recipe.deploy
-    calib = calibration_subset(bundle.train.x, bundle.train.y, q.calibration_samples, recipe.seed)
+    if calib is None:
+        calib = calibration_subset(bundle.train.x, bundle.train.y, q.calibration_samples, recipe.seed)
     with console.status("exporting to ONNX") as status:
         for name, model in models.items():
             status.update(f"exporting {name} to ONNX")

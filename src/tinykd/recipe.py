@@ -285,6 +285,15 @@ class Recipe(_Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     base_dir: str | None = Field(None, exclude=True)  # folder of the recipe file, for relative paths
 
+    @model_validator(mode="after")
+    def _data_free_alone(self) -> Recipe:
+        c = self.compress
+        if self.distill.scheme == "data_free" and (c.prune_student or c.lowrank or c.qat):
+            raise ValueError("compress.prune_student, compress.lowrank and compress.qat fine-tune the student on the "
+                             "training data, which a data_free run does not use: remove them (post-training int8 "
+                             "quantization is calibrated on synthetic inputs)")
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 

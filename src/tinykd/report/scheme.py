@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from .markup import esc, num_cell, table
+from .markup import esc, num_cell, table, variant_cell
+from .style import variant_colors
 from .summary import format_count, format_percent, variant_label, variant_metric
 
 INTRO = {
@@ -60,15 +61,17 @@ def _weights(weights: object) -> str:
 
 def stage_table(metrics: dict, stages: list[dict]) -> str:
     """One row per stage of the chain: who taught it, its size, best validation and test accuracy."""
-    head = ("<tr><th>Stage</th><th>Model</th><th>Taught by</th><th>Params</th><th>Best val accuracy %</th>"
+    colors = variant_colors(metrics)
+    head = ('<tr><th>Stage</th><th class="text" style="text-align:left">Taught by</th><th>Params</th><th>Best val accuracy %</th>'
             "<th>Test accuracy %</th></tr>")
     rows = []
     for st in stages:
         label = st.get("label", "")
-        taught = st.get("teacher") or "labels"
         params = st.get("params") or variant_metric(metrics, label, "params")
-        rows.append(f"<tr><td>{esc(st.get('stage', ''))}</td><td>{esc(variant_label(metrics, label))}"
-                    f"<small>{esc(variant_metric(metrics, label, 'model') or '')}</small></td><td>{esc(taught)}</td>"
+        taught = variant_label(metrics, st["teacher"]) if st.get("teacher") else "the labels"
+        details = [f"stage {st.get('stage', '')}", variant_metric(metrics, label, "model") or ""]
+        rows.append("<tr>" + variant_cell(variant_label(metrics, label), colors.get(label, "#888888"), details)
+                    + f'<td class="text" style="text-align:left">{esc(taught)}</td>'
                     + num_cell(esc(format_count(params)))
                     + num_cell(esc(format_percent(st.get("best_val_accuracy"))))
                     + num_cell(esc(format_percent(variant_metric(metrics, label, "accuracy")))) + "</tr>")
@@ -77,9 +80,11 @@ def stage_table(metrics: dict, stages: list[dict]) -> str:
 
 def teacher_table(metrics: dict, teachers: list[str]) -> str:
     """The ensemble's members with their size and test accuracy, then the distilled student."""
+    colors = variant_colors(metrics)
     head = "<tr><th>Model</th><th>Params</th><th>Test accuracy %</th></tr>"
-    rows = [f"<tr><td>{esc(variant_label(metrics, name))}<small>{esc(variant_metric(metrics, name, 'model') or '')}"
-            f"</small></td>" + num_cell(esc(format_count(variant_metric(metrics, name, "params"))))
+    rows = ["<tr>" + variant_cell(variant_label(metrics, name), colors.get(name, "#888888"),
+                                  [variant_metric(metrics, name, "model") or ""])
+            + num_cell(esc(format_count(variant_metric(metrics, name, "params"))))
             + num_cell(esc(format_percent(variant_metric(metrics, name, "accuracy")))) + "</tr>"
             for name in [*teachers, "student"]]
     return table(head, rows)
