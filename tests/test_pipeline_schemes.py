@@ -105,3 +105,35 @@ def test_automatic_assistant_needs_a_width(tmp_path):
         _run(tmp_path, "distill.scheme=assistant", "student.model=lenet5_half", "student.kwargs={}",
              "teacher.model=lenet5", "teacher.kwargs={}", "data.name=mnist5k", "data.limit=300")
     assert "assistant_width_arg" in str(err.value)
+
+
+def test_online_dml_peers_all_learn(tmp_path):
+    res = _run(tmp_path, "distill.scheme=online", "distill.losses=[{name: dml}]",
+               "distill.peers=[{model: mlp, kwargs: {hidden: [32]}}]")
+    m = res.metrics
+    assert m["scheme"]["peers"] == ["student", "peer_2"]
+    v = m["variants"]
+    assert v["peer_2"]["model"] == "mlp" and v["peer_2"]["label"] == "Peer 2 (fp32)"
+    assert v["student"]["accuracy"] > 0.5 and v["peer_2"]["accuracy"] > 0.5  # both peers trained (chance 0.1)
+    history = json.loads((res.run_dir / "student" / "last.json").read_text())["history"]
+    assert any(k.startswith("loss/dml.peer1.kl") for k in history[-1])
+    # Exported: the student alone (peer 0), not the group.
+    from tinykd.deploy.onnx import ort_session
+    sess = ort_session(res.run_dir / "artifacts" / "student.onnx")
+    assert sess.get_outputs()[0].shape[-1] == 10
+
+
+def test_self_distillation_byot_without_teacher(tmp_path):
+    res = _run(tmp_path, "distill.scheme=self",
+               "distill.losses=[{name: byot, exits: [features.0], deepest: features.1}]")
+    v = res.metrics["variants"]
+    assert v["student"]["accuracy"] > 0.3
+    from tinykd.models import count_params, create_model
+    plain = create_model("cnn", num_classes=10, in_shape=(1, 8, 8), widths=[4, 8], hidden=16)
+    assert v["student"]["params"] == count_params(plain)  # the exit head trained along but is not the student's
+
+
+def test_self_scheme_rejects_teacher_terms(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        _run(tmp_path, "distill.scheme=self")
+    assert "learns from a teacher" in str(err.value)

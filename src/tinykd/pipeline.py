@@ -146,8 +146,9 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
     transfer = _transfer_inputs(recipe, bundle, console) if recipe.distill.transfer else None
     scheme = _Scheme(recipe, bundle, run_dir, console, progress)
     source, batches, train = scheme.prepare(distill_teacher, distilled, models, histories, tracked)
+    trained = scheme.trained_module(distilled, models)
     with tracked("student"):
-        res = Trainer(distilled, terms, recipe.student.train, out_dir=run_dir / "student", label="student",
+        res = Trainer(trained, terms, recipe.student.train, out_dir=run_dir / "student", label="student",
                       seed=recipe.seed, teacher=source, console=console, progress=progress, transfer=transfer,
                       mixup=recipe.distill.mixup, batches=batches).fit(train, bundle.val)
     histories += res.history
@@ -196,9 +197,21 @@ def _train_or_load(model: nn.Module, cfg, label: str, recipe: Recipe, bundle: Da
 
 
 def _terms(recipe: Recipe) -> list:
-    """Fresh loss terms of ``distill.losses`` (each call builds new helpers)."""
-    return [(l.weight, build_loss(l.name, l.params(), where=f"distill.losses[{i}]"))
-            for i, l in enumerate(recipe.distill.losses)]
+    """Fresh loss terms of ``distill.losses`` (each call builds new helpers). In an online run the online terms
+    are told how many peers there are, unless the recipe says."""
+    d = recipe.distill
+    out = []
+    for i, l in enumerate(d.losses):
+        params = l.params()
+        if d.scheme == "online" and l.name in ("dml", "peer_ensemble"):
+            params.setdefault("peers", 1 + max(1, len(d.peers)))
+        term = build_loss(l.name, params, where=f"distill.losses[{i}]")
+        if d.scheme in ("online", "self") and term.needs_teacher:
+            raise RecipeError(f"'{l.name}' learns from a teacher, and scheme {d.scheme} has "
+                              "none in the loop", "use terms that need no teacher (ce, dml, peer_ensemble, byot, "
+                              "pskd), or scheme offline", where=f"distill.losses[{i}]")
+        out.append((l.weight, term))
+    return out
 
 
 def _kd_temperature(recipe: Recipe) -> float:
@@ -222,9 +235,36 @@ class _Scheme:
         self.facts: dict = {"name": self.d.scheme}
         self.batches = self.synthetic = None
 
+    def trained_module(self, student: nn.Module, models: dict) -> nn.Module:
+        """What the trainer trains: the student, or in an online run the Peers group whose peer 0 it is (the
+        other peers become variants ``peer_2``, ``peer_3``... of the report)."""
+        if self.d.scheme != "online":
+            return student
+        from .distill.schemes import Peers
+
+        r, spec = self.recipe, self.bundle.spec
+        configs = list(self.d.peers) or [r.student]
+        others = []
+        for i, cfg in enumerate(configs, start=2):
+            if self.d.peers:
+                model = _create(cfg.model, cfg.kwargs, spec, f"distill.peers[{i - 2}]", r.seed + 200 + i)
+            else:  # the student's architecture, initialised differently
+                model = copy.deepcopy(student)
+                torch.manual_seed(r.seed + 200 + i)
+                for m in model.modules():
+                    if m is not model and hasattr(m, "reset_parameters"):
+                        m.reset_parameters()
+            others.append(model)
+        self.peer_models = others
+        self.facts["peers"] = ["student", *(f"peer_{i}" for i in range(2, len(others) + 2))]
+        self._models = models
+        return Peers([student, *others])
+
     def prepare(self, teacher: nn.Module, student: nn.Module, models: dict, histories: list, tracked):
         """(teacher source, batch source or None, training split or None) for the distilled student."""
         d, spec = self.d, self.bundle.spec
+        if d.scheme in ("online", "self"):
+            return None, None, self.bundle.train
         source: object = teacher
         if d.scheme == "multi_teacher":
             from .distill.schemes import TeacherEnsemble
@@ -333,6 +373,9 @@ class _Scheme:
 
         if isinstance(source, TeacherCache):
             self.facts["cache_stats"] = dict(source.stats)
+        if self.d.scheme == "online":
+            for i, model in enumerate(self.peer_models, start=2):
+                self._models[f"peer_{i}"] = model.eval()
         if self.d.scheme == "data_free":
             from .distill.schemes import save_grid
 
@@ -742,7 +785,7 @@ def _label(name: str) -> str:
     """The display label of a variant: teacher_2 → "Teacher 2 (fp32)", assistant1 → "Assistant 1 (fp32)"."""
     if name in LABELS:
         return LABELS[name]
-    for prefix, word in (("teacher_", "Teacher"), ("assistant", "Assistant")):
+    for prefix, word in (("teacher_", "Teacher"), ("assistant", "Assistant"), ("peer_", "Peer")):
         if name.startswith(prefix) and name[len(prefix):].isdigit():
             return f"{word} {name[len(prefix):]} (fp32)"
     return name
@@ -754,6 +797,7 @@ def _model_name(recipe: Recipe, name: str, model: nn.Module) -> str:
     d = recipe.distill
     extra = {f"teacher_{i}": c for i, c in enumerate(d.teachers, start=2)}
     extra |= {f"assistant{i}": c for i, c in enumerate(d.assistants, start=1)}
+    extra |= {f"peer_{i}": c for i, c in enumerate(d.peers, start=2)}
     cfg = recipe.teacher if name in ("teacher", "teacher_pruned") else extra.get(name, recipe.student)
     return cfg.model
 

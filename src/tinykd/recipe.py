@@ -121,22 +121,26 @@ class DistillConfig(_Section):
     Schemes: ``offline`` (the teacher teaches the student); ``multi_teacher`` (the teacher and ``teachers``,
     combined per sample by ``teacher_weights``); ``assistant`` (teacher → ``assistants`` → student, each stage a
     full distillation with ``losses``; with no assistants given, one of the student's family whose size is the
-    geometric mean of teacher and student); ``data_free`` (see DataFreeConfig). ``cache`` serves the teacher's
+    geometric mean of teacher and student); ``data_free`` (see DataFreeConfig). ``online`` (no pre-trained teacher: the
+    student and its ``peers`` learn together through a ``dml`` or ``peer_ensemble`` term; the student is peer 0);
+    ``self`` (the student teaches itself: ``byot``, ``pskd``; no teacher in the loop). In online and self runs
+    the teacher is still trained, as the reference the report compares with. ``cache`` serves the teacher's
     outputs from a memory-mapped store (offline and multi_teacher), computed once and reused across epochs and,
-    with a shared ``cache_dir``, across runs. Online and self-distillation are loss terms (dml, byot, pskd).
+    with a shared ``cache_dir``, across runs.
     """
 
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd", temperature=4.0, alpha=0.9)])
     scratch_baseline: bool = True
     transfer: TransferConfig | None = None
     mixup: MixupConfig | None = None
-    scheme: Literal["offline", "multi_teacher", "assistant", "data_free"] = "offline"
+    scheme: Literal["offline", "multi_teacher", "assistant", "data_free", "online", "self"] = "offline"
     cache: bool = False
     cache_dir: str | None = None  # default: <run>/teacher_cache
     teachers: list[ModelConfig] = Field(default_factory=list)
     teacher_weights: Literal["mean", "entropy", "confidence", "label"] | list[float] = "mean"
     assistants: list[ModelConfig] = Field(default_factory=list)
     assistant_width_arg: str | None = None  # the student kwarg scaled to size an automatic assistant
+    peers: list[ModelConfig] = Field(default_factory=list)  # online: the student's fellow peers (default: one copy)
     data_free: DataFreeConfig = Field(default_factory=DataFreeConfig)
 
     @field_validator("losses")
@@ -153,6 +157,14 @@ class DistillConfig(_Section):
                              "[{model: mlp, kwargs: {hidden: [256]}}]")
         if self.teachers and self.scheme != "multi_teacher":
             raise ValueError("distill.teachers is used only by scheme multi_teacher: set distill.scheme=multi_teacher")
+        if self.peers and self.scheme != "online":
+            raise ValueError("distill.peers is used only by scheme online: set distill.scheme=online")
+        if self.scheme == "online" and not any(l.name in ("dml", "peer_ensemble") for l in self.losses):
+            raise ValueError("scheme online needs an online loss term: losses: [{name: dml}] or "
+                             "[{name: peer_ensemble}]")
+        if self.scheme in ("online", "self") and (self.cache or self.transfer or self.mixup):
+            raise ValueError(f"scheme {self.scheme} has no teacher in the loop: remove distill.cache, "
+                             "distill.transfer and distill.mixup")
         if self.assistants and self.scheme != "assistant":
             raise ValueError("distill.assistants is used only by scheme assistant: set distill.scheme=assistant")
         if isinstance(self.teacher_weights, list) and len(self.teacher_weights) != len(self.teachers) + 1:
