@@ -80,6 +80,12 @@ def _size_claim_note(metrics: dict, key: str) -> str:
     return f" ({pct[0]:g}–{pct[1]:g} % smaller)" if key == "size_reduction" and pct and len(pct) == 2 else ""
 
 
+SCHEME_PHRASES = {"multi_teacher": "Distillation from the teacher ensemble",
+                  "assistant": "Distillation through the teacher-assistant chain",
+                  "data_free": "Data-free distillation (no training input seen)",
+                  "online": "Online distillation with its peers", "self": "Self-distillation"}
+
+
 def distillation_sentence(metrics: dict) -> str:
     """What distillation added over training the same student from scratch."""
     scratch, distilled = _accuracy(metrics, "student_scratch"), _accuracy(metrics, "student")
@@ -87,7 +93,8 @@ def distillation_sentence(metrics: dict) -> str:
         return ""
     change = 100 * (distilled - scratch)
     verb = "lifts" if change > 0 else "lowers" if change < 0 else "leaves"
-    text = (f"Distillation {verb} the student's test accuracy from {_pct(scratch)} (trained from scratch) "
+    how = SCHEME_PHRASES.get((metrics.get("scheme") or {}).get("name"), "Distillation")
+    text = (f"{how} {verb} the student's test accuracy from {_pct(scratch)} (trained from scratch) "
             f"to {_pct(distilled)} ({_signed(change)} points)")
     a_scratch = variant_metric(metrics, "student_scratch", "agreement_with_teacher")
     a_distilled = variant_metric(metrics, "student", "agreement_with_teacher")
