@@ -69,7 +69,7 @@ def test_data_free_dafl_learns_without_data(tmp_path, monkeypatch):
         raise AssertionError("int8 calibration of a data-free run must not read the training split")
 
     monkeypatch.setattr(pipeline, "calibration_subset", no_real_data)
-    res = _run(tmp_path, "distill.scheme=data_free", "student.train.epochs=4",
+    res = _run(tmp_path, "distill.scheme=data_free", "student.train.epochs=4", "distill.scratch_baseline=true",
                "distill.losses=[{name: kd, temperature: 1.0, alpha: 1.0}]",
                "distill.data_free={steps_per_epoch: 30, batch_size: 64, generator_base: 16}")
     m = res.metrics
