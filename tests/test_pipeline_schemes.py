@@ -80,7 +80,7 @@ def test_data_free_dafl_learns_without_data(tmp_path, monkeypatch):
     assert "fig-synthetic" in html and "Data-free distillation (no training input seen)" in html
     # The generator is never exported: the artifacts are the teacher's and the student's only.
     names = sorted(p.name for p in (res.run_dir / "artifacts").iterdir())
-    assert names == ["student.int8.onnx", "student.onnx", "teacher.onnx"]
+    assert names == ["student.int8.onnx", "student.onnx", "student_scratch.onnx", "teacher.onnx"]
     history = json.loads((res.run_dir / "student" / "last.json").read_text())["history"]
     assert len(history) == 4
 
