@@ -140,6 +140,9 @@ def online(table: Table, data: DataBundle, cfg: TrainConfig, seed: int) -> None:
         group = Peers([build(*peers[n], data, seed + k) for k, n in enumerate(order)])
         run = fit(group, [(1.0, build_loss("dml", {"peers": 2}))], cfg, data, seed=seed)
         table.add_run("DML (MNIST-1D)", f"{order[0]} in DML with {order[1]}", run, data.test, lambda m: m.peer(0))
+    group = Peers([build(*peers["cnn1d"], data, seed + k) for k in range(2)])  # the paper's setting: two alike
+    run = fit(group, [(1.0, build_loss("dml", {"peers": 2}))], cfg, data, seed=seed)
+    table.add_run("DML (MNIST-1D)", "cnn1d in DML with another cnn1d", run, data.test, lambda m: m.peer(0))
     group = Peers([build(*peers["cnn1d"], data, seed + k) for k in range(3)])
     run = fit(group, [(1.0, build_loss("peer_ensemble", {"peers": 3}))], cfg, data, seed=seed)
     table.add_run("DML (MNIST-1D)", "cnn1d in a 3-peer on-the-fly ensemble (ONE/KDCL)", run, data.test,
@@ -333,8 +336,10 @@ def main() -> None:
               "The TA chain's assistant is the cnn family at the width whose parameter count is closest to the "
               "geometric mean of teacher and student (assistant_kwargs). Data-free students see no training "
               "sample; the real validation split only selects their best epoch.",
-              "Cache: 'served from the cache' averages epochs 2+ of the filling run and all epochs of a second run.",
-              f"Samples: {out.stem}_dafl_samples.png, {out.stem}_deepinversion_samples.png (next to this file)."]
+              *(["Cache: 'served from the cache' averages epochs 2+ of the filling run and all epochs of a second "
+                 "run."] if "cache" in only else []),
+              *([f"Samples: {out.stem}_dafl_samples.png, {out.stem}_deepinversion_samples.png (next to this file)."]
+                if "datafree" in only else [])]
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
