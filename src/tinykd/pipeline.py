@@ -386,7 +386,8 @@ class _Scheme:
                 x, labels = self.synthetic.x[:32], self.synthetic.y[:32].tolist()
             path = self.run_dir / "figures" / "synthetic_samples.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_grid(x, path, labels=labels, title=f"{self.d.data_free.method}: synthetic inputs (teacher's class)")
+            method = {"dafl": "DAFL", "deepinversion": "DeepInversion"}[self.d.data_free.method]
+            save_grid(x, path, labels=labels, title=f"{method}: synthetic inputs, titled with the teacher's class")
             self.facts["samples_figure"] = str(path.relative_to(self.run_dir))
         if self.d.scheme == "assistant":
             self.facts["stages"].append({"stage": len(self.facts["stages"]), "label": "student",
