@@ -114,6 +114,7 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
     if recipe.deploy.target_board is not None:
         _precheck_fit(recipe, _fresh_student(recipe, spec, student), bundle, console)
     emissions: dict[str, dict] = {}
+    terms = _terms(recipe)  # built (and checked against the scheme) before any training
 
     def tracked(label: str):
         return _tracked(recipe, run_dir, label, emissions)
@@ -142,7 +143,6 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
         models["student_scratch"] = scratch
 
     distilled = _fresh_student(recipe, spec, student)
-    terms = _terms(recipe)
     transfer = _transfer_inputs(recipe, bundle, console) if recipe.distill.transfer else None
     scheme = _Scheme(recipe, bundle, run_dir, console, progress)
     source, batches, train = scheme.prepare(distill_teacher, distilled, models, histories, tracked)
