@@ -5,11 +5,12 @@ Targets (deployed int8 student vs fp32 teacher, best runtime of each): ≥ 20× 
 latency, ≥ 98 % of the teacher's accuracy, fits the Arduino Nano 33 BLE Sense; where PTQ loses more than
 0.5 points against the fp32 student, QAT with KD recovers at least half of the loss.
 
-    python benchmarks/compress.py [--recipes mnist_edge fsdd_edge] [--out results/compress.md]
+    python benchmarks/compress.py [--recipes mnist_edge fsdd_edge] [--out results/compress.md] [--tables-only]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 from pathlib import Path
@@ -35,16 +36,23 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "compress.md"))
     ap.add_argument("--runs", default="/tmp/tinykd-compress-runs", help="where the run folders go (replaced)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides for every recipe")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="rewrite the table from the metrics.json of finished runs in --runs, without training")
     args = ap.parse_args()
+    args.out = str(Path(args.out).resolve())  # before the chdir below
     os.chdir(ROOT)  # the recipes' data paths are relative to the repository root
     console = Console()
     rows, notes = [], []
     runs = Path(args.runs)
     for name in args.recipes:
         recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", [f"output_dir={runs}", *args.set])
-        shutil.rmtree(runs / recipe.name, ignore_errors=True)
-        result = run(recipe, console=console, progress=False)
-        m = result.metrics
+        if args.tables_only:
+            m = json.loads((runs / recipe.name / "metrics.json").read_text())
+            report = runs / recipe.name / "report.html"
+        else:
+            shutil.rmtree(runs / recipe.name, ignore_errors=True)
+            result = run(recipe, console=console, progress=False)
+            m, report = result.metrics, result.report
         v = m["variants"]
         teacher = v["teacher"]
         t_ms, t_rt = best_latency(teacher)
@@ -70,7 +78,7 @@ def main() -> None:
                      f"SRAM {mcu['boards']['nano33ble']['sram_needed'] / 1024:.1f} KB of 256 KB (peak activations "
                      f"{mcu['peak_sram_bytes'] / 1024:.1f} KB + runtime allowance); energy per inference (estimate): "
                      f"teacher {teacher['energy']['total_uj']:.2f} µJ, int8 student {v['student_int8']['energy']['total_uj']:.3f} µJ; "
-                     f"run time {m['run']['seconds']:.0f} s; report {result.report}")
+                     f"run time {m['run']['seconds']:.0f} s; report {report}")
     text = write_table(Path(args.out), "Deployed int8 student vs fp32 teacher",
                        ["recipe", "variant", "teacher acc %", "student acc %", "retention % (≥ 98)",
                         "smaller (≥ 20×)", "batch-1 speed-up, best runtimes (≥ 10×)", "fits nano33ble"], rows,
