@@ -43,10 +43,10 @@ MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 # Budgets of the full run and of the --quick smoke run.
 FULL = dict(seeds=[0, 1, 2], limit=None, epochs_1d=40, teacher_epochs_1d=40, epochs_img=20, teacher_epochs_img=15,
             cache_epochs=3, mnist="idx", lenet_epochs=10, dafl_epochs=20, dafl_steps=100, dafl_batch=128,
-            dafl_base=64, dafl_lr_g=1e-3, di_samples=2000, di_iterations=200, di_epochs=30)
+            dafl_base=64, dafl_lr_g=1e-3, deepinversion=1, di_samples=2000, di_iterations=200, di_epochs=30)
 QUICK = dict(seeds=[0], limit=400, epochs_1d=2, teacher_epochs_1d=2, epochs_img=2, teacher_epochs_img=1,
              cache_epochs=2, mnist="mnist5k", lenet_epochs=1, dafl_epochs=2, dafl_steps=4, dafl_batch=32,
-             dafl_base=16, dafl_lr_g=1e-3, di_samples=64, di_iterations=10, di_epochs=2)
+             dafl_base=16, dafl_lr_g=1e-3, deepinversion=1, di_samples=64, di_iterations=10, di_epochs=2)
 
 
 # ----- one training run ---------------------------------------------------------------------------
@@ -254,6 +254,8 @@ def data_free(table: Table, data: DataBundle, budget: dict, seed: int, grids: Pa
         x = source.sample(32)
         save_grid(x, grids.with_name(grids.name + "_dafl_samples.png"),
                   labels=predict_logits(teacher, x).argmax(1).tolist(), title="DAFL G(z), teacher's class")
+    if not budget["deepinversion"]:
+        return
     # DeepInversion needs BatchNorm statistics: a LeNet-5 with BN after each convolution as the teacher.
     bn_run = fit(build("lenet5", {"batch_norm": True}, data, seed), ce(), t_cfg, data, seed=seed)
     table.add_run(name, "teacher LeNet-5 + BN (labels)", bn_run, data.test)
