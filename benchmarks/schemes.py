@@ -340,8 +340,9 @@ def main() -> None:
               "sample; the real validation split only selects their best epoch.",
               *(["Cache: 'served from the cache' averages epochs 2+ of the filling run and all epochs of a second "
                  "run."] if "cache" in only else []),
-              *([f"Samples: {out.stem}_dafl_samples.png, {out.stem}_deepinversion_samples.png (next to this file)."]
-                if "datafree" in only else [])]
+              *([f"Samples: {out.stem}_dafl_samples.png"
+                 + (f", {out.stem}_deepinversion_samples.png" if budget["deepinversion"] else "")
+                 + " (next to this file)."] if "datafree" in only else [])]
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
