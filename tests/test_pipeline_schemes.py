@@ -9,21 +9,15 @@ from tinykd.io import load_state_dict
 from tinykd.pipeline import run
 from tinykd.recipe import load_recipe
 
-BASE = {
-    "name": "scheme",
-    "data": {"name": "digits"},
-    "teacher": {"model": "cnn", "kwargs": {"widths": [16, 32], "hidden": 64},
-                "train": {"epochs": 3, "batch_size": 64, "lr": 0.005}},
-    "student": {"model": "cnn", "kwargs": {"widths": [4, 8], "hidden": 16},
-                "train": {"epochs": 3, "batch_size": 64, "lr": 0.01}},
-    "distill": {"scratch_baseline": False},
-    "quantize": {"calibration_samples": 64},
-    "measure": {"warmup": 1, "repeats": 5, "batch_sizes": [1]},
-}
+from test_pipeline import TINY
+
+# The end-to-end tiny recipe (digits, cnn teacher → cnn student), shortened: no scratch baseline, fewer epochs.
+BASE = ["name=scheme", "teacher.train.epochs=3", "student.train.epochs=3", "distill.scratch_baseline=false",
+        "quantize.calibration_samples=64", "measure.warmup=1", "measure.repeats=5", "measure.batch_sizes=[1]"]
 
 
 def _run(tmp_path, *overrides):
-    return run(load_recipe(BASE, [f"output_dir={tmp_path}", *overrides]), progress=False)
+    return run(load_recipe(TINY, [f"output_dir={tmp_path}", *BASE, *overrides]), progress=False)
 
 
 def test_multi_teacher_with_cache(tmp_path):
@@ -97,7 +91,7 @@ def test_data_free_dafl_learns_without_data(tmp_path, monkeypatch):
 ])
 def test_scheme_recipe_errors(overrides, expected):
     with pytest.raises(RecipeError) as err:
-        load_recipe(BASE, overrides)
+        load_recipe(TINY, [*BASE, *overrides])
     assert expected in str(err.value)
 
 

@@ -33,7 +33,7 @@ from .distill.trainer import Trainer
 from .errors import RecipeError, TinyKDError
 from .inference import predict_logits
 from .compress.prune import DEFAULT_LOSSES, finetune, iterative_prune
-from .io import atomic_write, load_state_dict, load_weights, write_json
+from .io import atomic_write, load_state_dict, load_weights, read_json, write_json
 from .measure import (agreement, classification_metrics, count_macs, count_params, file_bytes, ort_latency,
                       torch_latency)
 from .models import create_model
@@ -120,8 +120,8 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
         return _tracked(recipe, run_dir, label, emissions)
 
     teacher_model = teacher or _create(recipe.teacher.model, recipe.teacher.kwargs, spec, "teacher", recipe.seed)
-    histories += _train_or_load(teacher_model, recipe.teacher, "teacher", recipe, bundle, run_dir, tracked, console,
-                                progress)
+    histories += _train_or_load(teacher_model, recipe.teacher, "teacher", "teacher", recipe, bundle, run_dir, tracked,
+                                console, progress)
 
     models: dict[str, nn.Module] = {"teacher": teacher_model}
     compression: dict[str, object] = {}
@@ -154,7 +154,7 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
     histories += res.history
     models["student"] = distilled
     helper_params = sum(count_params(t) for _, t in terms)
-    scheme_facts = scheme.finish(source, batches, res, distilled)
+    scheme_facts = scheme.finish(source, res, distilled)
 
     qat_model = _compress_student(recipe, distilled, distill_teacher, bundle, run_dir, models, compression,
                                   tracked, console, progress)
@@ -177,11 +177,11 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
 
 
 # ----- teachers and schemes -----------------------------------------------------------------------------------
-def _train_or_load(model: nn.Module, cfg, label: str, recipe: Recipe, bundle: DataBundle, run_dir: Path, tracked,
-                   console: Console, progress: bool) -> list[dict]:
-    """Load ``cfg.checkpoint`` into ``model`` or train it on the labels in ``run_dir/label``; freeze it. Its history."""
+def _train_or_load(model: nn.Module, cfg, label: str, where: str, recipe: Recipe, bundle: DataBundle, run_dir: Path,
+                   tracked, console: Console, progress: bool) -> list[dict]:
+    """Load ``cfg.checkpoint`` into ``model`` or train it on the labels in ``run_dir/label``; freeze it. Its history.
+    ``where``: the recipe field of ``cfg``, for error messages."""
     history: list[dict] = []
-    where = "teacher" if label == "teacher" else f"distill.teachers[{int(label.rsplit('_', 1)[1]) - 2}]"
     if cfg.checkpoint:
         path = _resolve(cfg.checkpoint, recipe.base_dir, f"{where}.checkpoint")
         load_weights(model, load_state_dict(path), source=str(path))
@@ -255,9 +255,8 @@ class _Scheme:
                     if m is not model and hasattr(m, "reset_parameters"):
                         m.reset_parameters()
             others.append(model)
-        self.peer_models = others
+            models[f"peer_{i}"] = model  # trained in place with the student; measured after training
         self.facts["peers"] = ["student", *(f"peer_{i}" for i in range(2, len(others) + 2))]
-        self._models = models
         return Peers([student, *others])
 
     def prepare(self, teacher: nn.Module, student: nn.Module, models: dict, histories: list, tracked):
@@ -265,21 +264,24 @@ class _Scheme:
         d, spec = self.d, self.bundle.spec
         if d.scheme in ("online", "self"):
             return None, None, self.bundle.train
+        if d.scheme == "data_free":
+            return self._data_free(teacher)
         source: object = teacher
         if d.scheme == "multi_teacher":
             from .distill.schemes import TeacherEnsemble
 
-            members = [teacher]
+            members, labels = [teacher], ["teacher"]
             for i, cfg in enumerate(d.teachers, start=2):
-                label = f"teacher_{i}"
-                model = _create(cfg.model, cfg.kwargs, spec, f"distill.teachers[{i - 2}]", self.recipe.seed + i)
-                histories += _train_or_load(model, cfg, label, self.recipe, self.bundle, self.run_dir, tracked,
+                label, where = f"teacher_{i}", f"distill.teachers[{i - 2}]"
+                model = _create(cfg.model, cfg.kwargs, spec, where, self.recipe.seed + i)
+                histories += _train_or_load(model, cfg, label, where, self.recipe, self.bundle, self.run_dir, tracked,
                                             self.console, self.progress)
                 models[label] = model
                 members.append(model)
-            source = TeacherEnsemble(members, weights=d.teacher_weights, temperature=_kd_temperature(self.recipe))
-            self.facts.update({"teachers": ["teacher", *(f"teacher_{i}" for i in range(2, len(members) + 1))],
-                               "teacher_weights": d.teacher_weights, "temperature": _kd_temperature(self.recipe)})
+                labels.append(label)
+            temperature = _kd_temperature(self.recipe)
+            source = TeacherEnsemble(members, weights=d.teacher_weights, temperature=temperature)
+            self.facts.update({"teachers": labels, "teacher_weights": d.teacher_weights, "temperature": temperature})
             self.console.print(f"multi-teacher: {len(members)} teachers, weights {d.teacher_weights}")
         elif d.scheme == "assistant":
             source = self._chain(teacher, student, models, histories)
@@ -289,8 +291,6 @@ class _Scheme:
             folder = (_resolve_dir(d.cache_dir, self.recipe.base_dir) if d.cache_dir else self.run_dir / "teacher_cache")
             source = TeacherCache(source, folder, preprocessing=self.bundle.info.get("normalize"))
             self.facts["cache_dir"] = str(folder)
-        if d.scheme == "data_free":
-            return self._data_free(teacher)
         return source, None, self.bundle.train
 
     def _chain(self, teacher: nn.Module, student: nn.Module, models: dict, histories: list) -> nn.Module:
@@ -329,7 +329,6 @@ class _Scheme:
             models[st.label] = st.model.requires_grad_(False)
             state = st.out_dir / "last.json"
             if state.is_file():
-                from .io import read_json
                 histories += read_json(state).get("history", [])
         self.facts["stages"] = [{k: v for k, v in st.row().items() if k != "out_dir"} for st in chain]
         return chain[-1].model
@@ -341,13 +340,12 @@ class _Scheme:
         self.facts["method"] = cfg.method
         if cfg.method == "dafl":
             torch.manual_seed(self.recipe.seed)
-            batches = DAFLBatches(teacher, shape, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
-                                  latent_dim=cfg.latent_dim, lr=cfg.generator_lr, base=cfg.generator_base,
-                                  one_hot=cfg.one_hot, activation=cfg.activation, info_entropy=cfg.info_entropy)
-            self.batches = batches
+            self.batches = DAFLBatches(teacher, shape, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
+                                       latent_dim=cfg.latent_dim, lr=cfg.generator_lr, base=cfg.generator_base,
+                                       one_hot=cfg.one_hot, activation=cfg.activation, info_entropy=cfg.info_entropy)
             self.console.print(f"data-free (DAFL): {cfg.steps_per_epoch} generated batches of {cfg.batch_size} "
                                "per epoch; the student sees no training input")
-            return teacher, batches, None
+            return teacher, self.batches, None
         try:
             synth = deep_inversion(teacher, shape, cfg.samples, batch_size=min(256, cfg.samples),
                                    iterations=cfg.iterations, lr=cfg.inversion_lr, bn_weight=cfg.bn_weight,
@@ -367,21 +365,18 @@ class _Scheme:
                 return self.batches.sample(n).numpy()
         return self.synthetic.x[:n].numpy()
 
-    def finish(self, source, batches, result, student: nn.Module) -> dict:
+    def finish(self, source, result, student: nn.Module) -> dict:
         """Facts about the scheme for metrics.json, and the synthetic-sample figure of a data-free run."""
         from .distill.cache import TeacherCache
 
         if isinstance(source, TeacherCache):
             self.facts["cache_stats"] = dict(source.stats)
-        if self.d.scheme == "online":
-            for i, model in enumerate(self.peer_models, start=2):
-                self._models[f"peer_{i}"] = model.eval()
         if self.d.scheme == "data_free":
             from .distill.schemes import save_grid
 
-            if batches is not None:
-                x = batches.sample(32)
-                labels = predict_logits(batches.teacher, x).argmax(1).tolist()
+            if self.batches is not None:
+                x = self.batches.sample(32)
+                labels = predict_logits(self.batches.teacher, x).argmax(1).tolist()
             else:
                 x, labels = self.synthetic.x[:32], self.synthetic.y[:32].tolist()
             path = self.run_dir / "figures" / "synthetic_samples.png"
