@@ -28,6 +28,7 @@ from rich.console import Console
 
 from common import Outcome, mean_std, train, write_table
 from tinykd.data import load_dataset
+from tinykd.distill.cache import TeacherCache
 from tinykd.distill.capture import forward_with_features
 from tinykd.distill.losses import build_loss
 from tinykd.distill.losses.base import Batch
@@ -65,7 +66,8 @@ def setups(quick: bool) -> dict[str, dict]:
         "fsdd": dict(data=("wav_folder", {"path": str(SHARED / "fsdd" / "recordings"),
                                           "split": "official", "n_mels": 40, "clip_seconds": 1.0}),
                      teacher=("dscnn", {"width": 64, "blocks": 4}), student=("dscnn", {"width": 16, "blocks": 2}),
-                     train=dict(batch_size=64, lr=4e-3), epochs=e or 8, teacher_epochs=e or 10, pairs="auto"),
+                     train=dict(batch_size=64, lr=4e-3), epochs=e or 30, teacher_epochs=e or 10, pairs="auto",
+                     cache=True),
     }
 
 
@@ -138,6 +140,9 @@ def main() -> None:
                         weights[name] = float("nan")
                         console.print(f"[yellow]{setup_name}: {name} not applicable: {str(err).splitlines()[0]}[/]")
                 methods[name] = None if math.isnan(weights[name]) else [{"name": "ce"}, {**spec, "weight": weights[name]}]
+            source = teacher
+            if s.get("cache"):  # teacher outputs and features computed once per seed, served from memory-mapped files
+                source = TeacherCache(teacher, Path(tempfile.gettempdir()) / "tinykd-methods-cache", name=setup_name)
             for name, losses in methods.items():
                 if args.methods and name not in args.methods and name.split(" ")[0] not in args.methods:
                     continue
@@ -147,7 +152,7 @@ def main() -> None:
                 if str(seed) in done.get(setup_name, {}).get(name, {}).get("seeds", {}):
                     continue
                 needs_teacher = any(l["name"] != "ce" for l in losses)
-                _, out = train(*s["student"], data, cfg, losses, seed=seed, teacher=teacher if needs_teacher else None)
+                _, out = train(*s["student"], data, cfg, losses, seed=seed, teacher=source if needs_teacher else None)
                 record(done, store, setup_name, name, seed, out, out.helper_params,
                        weight=next((l.get("weight") for l in losses if l["name"] not in ("ce",)), None))
                 console.print(f"{setup_name} seed {seed} {name}: best {100 * out.best:.2f}%  last {100 * out.last:.2f}%  "
@@ -179,7 +184,9 @@ def write_markdown(done: dict, setup_name: str, s: dict, data, args) -> None:
                 ["method", "test acc % (best val)", "test acc % (last)", "seeds", "s / epoch", "term weight", "helper params"],
                 rows, [f"Data: {data.name}, train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}. "
                        f"Teacher {t_name} {t_kw} ({s['teacher_epochs']} epochs); student {st_name} {st_kw} "
-                       f"({s['epochs']} epochs); AdamW {s['train']}, cosine schedule.",
+                       f"({s['epochs']} epochs); AdamW {s['train']}, cosine schedule."
+                       + (" Teacher outputs and features served from the teacher-output cache (computed once per "
+                          "seed); s / epoch counts the epochs that filled it." if s.get("cache") else ""),
                        "Feature/relation/adversarial terms: ce + term, the term's weight set so that its first-batch "
                        "value equals ln 10 (seed 0), one significant figure. n/a: the term cannot compare these "
                        "layers (e.g. spatial maps needed but the MLP has none)."])
