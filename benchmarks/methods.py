@@ -52,6 +52,7 @@ RESPONSE = {
 FEATURE = ["fitnet", "at", "nst", "fsp", "gram", "hidden_mse", "hidden_cosine"]
 RELATION = ["rkd", "sp", "pkt", "cc", "crd"]
 OTHER = ["adversarial"]
+POOLED = ("rkd", "pkt", "cc", "crd")  # embedding terms: on large maps, the pooled embedding (pool: true)
 
 
 def setups(quick: bool) -> dict[str, dict]:
@@ -67,15 +68,16 @@ def setups(quick: bool) -> dict[str, dict]:
                                           "split": "official", "n_mels": 40, "clip_seconds": 1.0}),
                      teacher=("dscnn", {"width": 64, "blocks": 4}), student=("dscnn", {"width": 16, "blocks": 2}),
                      train=dict(batch_size=64, lr=4e-3), epochs=e or 30, teacher_epochs=e or 10, pairs="auto",
-                     cache=True),
+                     cache=True, pool=True),
     }
 
 
-def term_spec(name: str, pairs) -> dict:
+def term_spec(name: str, pairs, pool: bool = False) -> dict:
     if name in ("fitnet", "at", "nst", "gram", "hidden_mse", "hidden_cosine"):
         return {"name": name, "pairs": pairs}
     if name in ("fsp", "rkd", "sp", "pkt", "cc", "crd"):
-        return {"name": name, "pairs": "auto", **({"nce_k": 256} if name == "crd" else {})}
+        return {"name": name, "pairs": "auto", **({"nce_k": 256} if name == "crd" else {}),
+                **({"pool": True} if pool and name in POOLED else {})}
     return {"name": name}
 
 
@@ -132,7 +134,7 @@ def main() -> None:
             console.print(f"[bold]{setup_name}[/] seed {seed}: teacher {100 * t_out.best:.2f}%")
             methods: dict[str, list[dict] | None] = {"student from scratch (ce)": [{"name": "ce"}], **RESPONSE}
             for name in FEATURE + RELATION + OTHER:
-                spec = term_spec(name, s["pairs"])
+                spec = term_spec(name, s["pairs"], s.get("pool", False))
                 if name not in weights:
                     try:
                         weights[name] = one_sig(math.log(10) / max(initial_value(spec, *s["student"], teacher, data, 0), 1e-12))
@@ -189,7 +191,10 @@ def write_markdown(done: dict, setup_name: str, s: dict, data, args) -> None:
                           "seed); s / epoch counts the epochs that filled it." if s.get("cache") else ""),
                        "Feature/relation/adversarial terms: ce + term, the term's weight set so that its first-batch "
                        "value equals ln 10 (seed 0), one significant figure. n/a: the term cannot compare these "
-                       "layers (e.g. spatial maps needed but the MLP has none)."])
+                       "layers (e.g. spatial maps needed but the MLP has none)."
+                       + (f" {', '.join(POOLED)} compare spatially averaged maps (pool: true), the pooled "
+                          "embeddings their papers use; flattened, cc's embedding alone would have 394M parameters."
+                          if s.get("pool") else "")])
 
 
 if __name__ == "__main__":

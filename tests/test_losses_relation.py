@@ -191,6 +191,25 @@ def test_cc_builds_student_embedding_only_when_widths_differ():
     assert same(Outputs(equal), Outputs(equal), _batch(6)).item() == pytest.approx(0.0, abs=1e-12)
 
 
+
+def test_pool_averages_maps_before_the_embedding_and_huge_embeddings_are_refused():
+    s_map, t_map = torch.randn(6, 4, 5, 3), torch.randn(6, 10, 5, 3)
+    s_out = Outputs(torch.randn(6, 3), {"s": s_map})
+    t_out = Outputs(torch.randn(6, 3), {"t": t_map})
+    term = build_loss("cc", {"student": "s", "teacher": "t", "pool": True})
+    term.setup(_ctx(s_out, t_out))
+    assert term.embed[0].weight.shape == (10, 4)  # channels, not channels × positions
+    expected = _cc_np(term.embed[0](s_map.mean((2, 3))).detach().double().numpy(),
+                      t_map.mean((2, 3)).double().numpy(), 0.4, 2)
+    assert term(s_out, t_out, _batch(6)).item() == pytest.approx(expected, rel=1e-5)
+    flat = build_loss("cc", {"student": "s", "teacher": "t"})
+    flat.setup(_ctx(s_out, t_out))
+    assert flat.embed[0].weight.shape == (150, 60)
+    big_s, big_t = Outputs(torch.randn(2, 3), {"s": torch.randn(2, 16, 40, 40)}), Outputs(torch.randn(2, 3), {"t": torch.randn(2, 64, 40, 40)})
+    with pytest.raises(TinyKDError, match=r"(?s)cc: its linear embeddings .*25600→102400.*pool: true"):
+        build_loss("cc", {"student": "s", "teacher": "t"}).setup(_ctx(big_s, big_t))
+    build_loss("cc", {"student": "s", "teacher": "t", "pool": True}).setup(_ctx(big_s, big_t))
+
 # ----- all batch-relation terms ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["rkd", "sp", "pkt", "cc"])

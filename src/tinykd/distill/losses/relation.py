@@ -36,6 +36,8 @@ class RelationParams(Params):
     pairs: list[tuple[str, str]] | str | None = Field(
         None, description="[[student_path, teacher_path], ...] (losses summed), or 'auto'")
     num_pairs: int | None = Field(None, ge=1, description="stage pairs `pairs: auto` picks (default: 1; all for sp)")
+    pool: bool = Field(False, description="average a feature map over its spatial positions before flattening "
+                                          "(the pooled penultimate embedding; keeps learned embeddings small)")
 
     @field_validator("pairs")
     @classmethod
@@ -56,13 +58,26 @@ class RelationParams(Params):
         return num_pairs
 
 
-def _embedding(out: Outputs, path: str | None, role: str) -> torch.Tensor:
-    """(b, d): the logits, or the captured output at ``path`` flattened per sample."""
+def _embedding(out: Outputs, path: str | None, role: str, pool: bool = False) -> torch.Tensor:
+    """(b, d): the logits, or the captured output at ``path`` flattened per sample; with ``pool``, a map
+    (b, C, *spatial) is first averaged over its spatial positions to (b, C)."""
     x = out.logits if path is None else out.features.get(path)
     if x is None:
         raise TinyKDError(f"the {role} output at '{path}' was not captured",
                           "capture the term's student_paths/teacher_paths with FeatureCapture (the Trainer does)")
+    if pool and x.dim() > 2:
+        x = x.flatten(2).mean(2)
     return x.reshape(x.shape[0], -1)
+
+
+def check_embedding_size(term: str, widths: list[tuple[int, int]], params: int) -> None:
+    """A clear error when a term's learned embedding over flattened maps would be unreasonably large."""
+    if params > 20_000_000:
+        shown = ", ".join(f"{s}→{t}" for s, t in widths)
+        raise TinyKDError(f"{term}: its linear embeddings over the flattened feature maps ({shown} features) would "
+                          f"have {params:,} parameters",
+                          f"set pool: true on the {term} term (average each map over its positions first), "
+                          "or pair smaller layers")
 
 
 class RelationTerm(LossTerm):
@@ -116,8 +131,8 @@ class RelationTerm(LossTerm):
                               "call term.setup(ctx) first (the Trainer does)")
         out = []
         for s_path, t_path in self.pairs:
-            s = _embedding(student, s_path, "student")
-            t = _embedding(teacher, t_path, "teacher").detach()
+            s = _embedding(student, s_path, "student", self.params.pool)
+            t = _embedding(teacher, t_path, "teacher", self.params.pool).detach()
             if s.shape[0] != t.shape[0]:
                 raise TinyKDError(
                     f"{self.name}: the student embedding ({s_path or 'logits'}, {tuple(s.shape)}) and the teacher "
@@ -266,9 +281,9 @@ class CC(RelationTerm):
         student's onto the teacher's. Only the student side gets one: a trained teacher-side map could
         collapse the teacher's correlations to a constant that any student matches."""
         super().setup(ctx)
-        self.embed = nn.ModuleList(
-            nn.Identity() if s.shape[1] == t.shape[1] else nn.Linear(s.shape[1], t.shape[1])
-            for s, t in self.example_embeddings(ctx))
+        widths = [(s.shape[1], t.shape[1]) for s, t in self.example_embeddings(ctx)]
+        check_embedding_size(self.name, widths, sum((s + 1) * t for s, t in widths if s != t))
+        self.embed = nn.ModuleList(nn.Identity() if s == t else nn.Linear(s, t) for s, t in widths)
         self.embed.to(ctx.student_example.logits.device)
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
@@ -330,6 +345,7 @@ class CRD(RelationTerm):
         self.num_data = ctx.num_train
         self.nce_k = min(p.nce_k, ctx.num_train - 1)
         widths = [(s.shape[1], t.shape[1]) for s, t in self.example_embeddings(ctx)]
+        check_embedding_size(self.name, widths, sum((s + t + 2) * p.feat_dim for s, t in widths))
         device = ctx.student_example.logits.device
         self.embed_s = nn.ModuleList(nn.Linear(d_s, p.feat_dim) for d_s, _ in widths).to(device)
         self.embed_t = nn.ModuleList(nn.Linear(d_t, p.feat_dim) for _, d_t in widths).to(device)
