@@ -208,3 +208,52 @@ def test_save_grid_writes_png_for_images_and_signals(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(TinyKDError, match="no samples"):
         save_grid(torch.empty(0, 1, 4, 4), tmp_path / "none.png")
+
+
+def test_generator_learning_rate_schedule_and_hidden_bn_epsilon():
+    teacher = create_model("lenet5", num_classes=10, in_shape=(1, 28, 28))
+    src = DAFLBatches(teacher, (1, 28, 28), steps_per_epoch=10, batch_size=4, base=8, lr=0.2,
+                      lr_schedule="cosine", total_steps=40)
+    # cosine over 40 steps, from the trainer's (epoch from 1, step from 0): 0.2 · ½(1 + cos(π t / 40))
+    for epoch, step, t in [(1, 0, 0), (2, 0, 10), (3, 0, 20), (4, 9, 39)]:
+        assert src.lr_at(epoch, step) == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * t / 40)))
+    assert src.lr_at(3, 0) == pytest.approx(0.1)
+    src.next_batch(3, 0)
+    assert src.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+    flat = DAFLBatches(teacher, (1, 28, 28), steps_per_epoch=10, batch_size=4, base=8, lr=0.2)
+    assert flat.lr_at(1, 0) == flat.lr_at(9, 9) == 0.2
+    with pytest.raises(TinyKDError, match="total_steps"):
+        DAFLBatches(teacher, (1, 28, 28), lr_schedule="cosine")
+    with pytest.raises(TinyKDError, match="schedule"):
+        DAFLBatches(teacher, (1, 28, 28), lr_schedule="linear", total_steps=5)
+    # the two hidden BatchNorms use the authors' epsilon 0.8; the first and the output BN the default
+    eps = [m.eps for m in Generator((1, 28, 28), base=8).modules() if isinstance(m, nn.BatchNorm2d)]
+    assert eps == [1e-5, 0.8, 0.8, 1e-5]
+
+
+def test_random_shift_moves_each_sample_within_the_bound_and_fills_the_border():
+    from tinykd.distill.schemes.datafree import random_shift
+
+    torch.manual_seed(0)
+    # signals: a single spike moves by at most 2 positions; the border fill is the mean border value (0 here)
+    x = torch.zeros(64, 1, 20)
+    x[:, 0, 10] = 1.0
+    y = random_shift(x, 2)
+    pos = y[:, 0].argmax(1)
+    assert y.shape == x.shape and ((pos - 10).abs() <= 2).all() and len(set(pos.tolist())) == 5
+    assert torch.allclose(y.sum((1, 2)), torch.ones(64))
+    # images: same for both axes
+    img = torch.zeros(64, 1, 9, 9)
+    img[:, 0, 4, 4] = 1.0
+    out = random_shift(img, 1)
+    rows, cols = out[:, 0].amax(2).argmax(1), out[:, 0].amax(1).argmax(1)
+    assert ((rows - 4).abs() <= 1).all() and ((cols - 4).abs() <= 1).all() and len(set(zip(rows.tolist(), cols.tolist()))) == 9
+    border = torch.full((2, 1, 5, 5), -0.5)
+    border[:, :, 1:4, 1:4] = 2.0
+    assert random_shift(border, 0) is border
+    assert set(random_shift(border, 2).unique().tolist()) <= {-0.5, 2.0}  # fill = mean border value
+    vec = torch.randn(3, 7)
+    assert random_shift(vec, 3) is vec  # no spatial axis: unchanged
+    teacher = create_model("lenet5", num_classes=10, in_shape=(1, 28, 28))
+    with pytest.raises(TinyKDError, match="jitter"):
+        DAFLBatches(teacher, (1, 28, 28), jitter=-1)

@@ -339,10 +339,16 @@ class _Scheme:
         cfg, shape = self.d.data_free, tuple(self.bundle.spec.shape)
         self.facts["method"] = cfg.method
         if cfg.method == "dafl":
+            self.facts["generator"] = {"base": cfg.generator_base, "lr": cfg.generator_lr,
+                                       "schedule": cfg.generator_schedule, "jitter": cfg.jitter,
+                                       "batch_size": cfg.batch_size, "steps_per_epoch": cfg.steps_per_epoch}
+        if cfg.method == "dafl":
             torch.manual_seed(self.recipe.seed)
             self.batches = DAFLBatches(teacher, shape, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
                                        latent_dim=cfg.latent_dim, lr=cfg.generator_lr, base=cfg.generator_base,
-                                       one_hot=cfg.one_hot, activation=cfg.activation, info_entropy=cfg.info_entropy)
+                                       one_hot=cfg.one_hot, activation=cfg.activation, info_entropy=cfg.info_entropy,
+                                       lr_schedule=cfg.generator_schedule, jitter=cfg.jitter,
+                                       total_steps=cfg.steps_per_epoch * self.recipe.student.train.epochs)
             self.console.print(f"data-free (DAFL): {cfg.steps_per_epoch} generated batches of {cfg.batch_size} "
                                "per epoch; the student sees no training input")
             return teacher, self.batches, None

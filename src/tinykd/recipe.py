@@ -103,7 +103,9 @@ class DataFreeConfig(_Section):
     batch_size: int = Field(128, ge=2)
     latent_dim: int = Field(100, ge=1)
     generator_base: int = Field(32, ge=2)  # channels of the generator's first block
-    generator_lr: float = Field(1e-3, gt=0)
+    generator_lr: float = Field(0.2, gt=0)  # the authors' Adam learning rate for G
+    generator_schedule: Literal["constant", "cosine"] = "cosine"  # G's learning rate over the student's epochs
+    jitter: int = Field(2, ge=0)  # random shift (positions) of each generated sample before the student sees it
     one_hot: float = Field(1.0, ge=0)
     activation: float = Field(0.1, ge=0)
     info_entropy: float = Field(2.17, ge=0)  # the authors' 5 with log10, in natural log

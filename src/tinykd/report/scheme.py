@@ -37,6 +37,12 @@ def scheme_section(metrics: dict, run_dir: Path | None = None) -> str:
         parts.append(stage_table(metrics, facts.get("stages") or []))
     if name == "multi_teacher":
         parts.append(teacher_table(metrics, facts.get("teachers") or []))
+    gen = facts.get("generator") if name == "data_free" else None
+    if gen:
+        shift = f"each sample shifted by up to {gen['jitter']} positions" if gen.get("jitter") else "no shifts"
+        parts.append("<p>" + esc(
+            f"Generator: {gen['steps_per_epoch']} batches of {gen['batch_size']} per epoch, base width {gen['base']}, "
+            f"Adam learning rate {gen['lr']:g} ({gen['schedule']}); {shift} before the student saw it.") + "</p>")
     if name == "data_free" and facts.get("samples_figure") and run_dir is not None:
         path = Path(run_dir) / facts["samples_figure"]
         if path.is_file():

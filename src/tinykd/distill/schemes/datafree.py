@@ -35,9 +35,11 @@ class Generator(nn.Module):
     z → linear → ``base`` channels at ¼ size → ×2 upsample, conv3-BN-LeakyReLU → upsample to full size,
     conv3-BN-LeakyReLU (base/2) → conv3 to C channels → tanh → BatchNorm without affine. The last BN keeps
     every channel near zero mean and unit variance, like the standardised data the teacher was trained on.
+    ``bn_eps`` is the epsilon of the two hidden BatchNorms (the authors' code, after DCGAN's PyTorch port,
+    passes 0.8 there; the first and last BatchNorms keep 1e-5).
     """
 
-    def __init__(self, in_shape: Sequence[int], latent_dim: int = 100, base: int = 128):
+    def __init__(self, in_shape: Sequence[int], latent_dim: int = 100, base: int = 128, bn_eps: float = 0.8):
         super().__init__()
         self.in_shape, self.latent_dim = tuple(in_shape), latent_dim
         rank = len(self.in_shape) - 1
@@ -53,8 +55,8 @@ class Generator(nn.Module):
         self.base = base
         self.l1 = nn.Linear(latent_dim, base * math.prod(self.sizes[0]))
         self.bn0 = bn(base)
-        self.block1 = nn.Sequential(conv(base, base, 3, padding=1), bn(base), nn.LeakyReLU(0.2))
-        self.block2 = nn.Sequential(conv(base, base // 2, 3, padding=1), bn(base // 2), nn.LeakyReLU(0.2),
+        self.block1 = nn.Sequential(conv(base, base, 3, padding=1), bn(base, eps=bn_eps), nn.LeakyReLU(0.2))
+        self.block2 = nn.Sequential(conv(base, base // 2, 3, padding=1), bn(base // 2, eps=bn_eps), nn.LeakyReLU(0.2),
                                     conv(base // 2, self.in_shape[0], 3, padding=1), nn.Tanh(),
                                     bn(self.in_shape[0], affine=False))
 
@@ -96,14 +98,27 @@ class DAFLBatches(BatchSource):
     gradients). The student then learns from the teacher on the (detached) batch, as in DAFL's joint loop.
 
     ``feature_path``: the teacher module whose output is the penultimate feature; by default the input of its
-    last linear layer. Batches carry label -1 and index -1.
+    last linear layer. ``lr_schedule`` "cosine" decays G's learning rate from ``lr`` to 0 over ``total_steps``
+    (computed from the trainer's epoch and step, so a resumed run continues the same curve); "constant" keeps
+    it, as the authors' code. ``jitter`` > 0 shifts each generated sample by an independent random offset of up
+    to that many positions (images along height and width, signals along time; the border is filled with the
+    batch's mean border value) before the student and the teacher see it; G's own step uses the unshifted batch.
+    Batches carry label -1 and index -1.
     """
 
     def __init__(self, teacher: nn.Module, in_shape: Sequence[int], *, steps_per_epoch: int = 50,
                  batch_size: int = 256, latent_dim: int = 100, lr: float = 1e-3, one_hot: float = 1.0,
                  activation: float = 0.1, info_entropy: float = 5.0, feature_path: str | None = None,
-                 generator: nn.Module | None = None, base: int = 128):
+                 generator: nn.Module | None = None, base: int = 128, lr_schedule: str = "constant",
+                 total_steps: int | None = None, jitter: int = 0):
         super().__init__()
+        if lr_schedule not in ("constant", "cosine"):
+            raise TinyKDError(f"unknown generator learning-rate schedule {lr_schedule!r}", "use 'constant' or 'cosine'")
+        if lr_schedule == "cosine" and not total_steps:
+            raise TinyKDError("a cosine generator schedule needs total_steps", "pass total_steps = epochs × steps_per_epoch")
+        if not isinstance(jitter, int) or jitter < 0:
+            raise TinyKDError(f"DAFL jitter must be a non-negative integer, got {jitter!r}", "use e.g. jitter=2")
+        self.lr, self.lr_schedule, self.total_steps, self.jitter = lr, lr_schedule, total_steps, jitter
         self.__dict__["teacher"] = teacher  # not a submodule: never trained, saved or switched to train mode here
         self.in_shape, self.latent_dim, self.batch_size = tuple(in_shape), latent_dim, batch_size
         self.steps_per_epoch = steps_per_epoch
@@ -144,7 +159,16 @@ class DAFLBatches(BatchSource):
             handle.remove()
         return logits, seen["f"].flatten(1)
 
+    def lr_at(self, epoch: int, step: int) -> float:
+        """G's learning rate at the trainer's ``epoch`` (from 1) and ``step`` (from 0)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        done = min((epoch - 1) * self.steps_per_epoch + step, self.total_steps)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * done / self.total_steps))
+
     def next_batch(self, epoch: int, step: int) -> Batch:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(epoch, step)
         x = self.generator(torch.randn(self.batch_size, self.latent_dim))
         logits, features = self.teacher_outputs(x)
         losses = dafl_losses(logits, features)
@@ -157,7 +181,26 @@ class DAFLBatches(BatchSource):
         self.optimizer.step()
         self.parts = {**{k: float(v.detach()) for k, v in losses.items()}, "generator": float(loss.detach())}
         none = torch.full((len(x),), -1, dtype=torch.long)
-        return Batch(x.detach(), none, none.clone())
+        return Batch(random_shift(x.detach(), self.jitter), none, none.clone())
+
+
+def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each sample of ``x`` (B, C, H, W) or (B, C, L) moved by independent random integer offsets in
+    [-max_shift, max_shift] per spatial axis; uncovered positions take the mean of the batch's border values.
+    Other shapes, and max_shift 0, come back unchanged."""
+    if max_shift == 0 or x.dim() not in (3, 4):
+        return x
+    if x.dim() == 4:
+        from ...data.augment import RandomShift
+
+        border = torch.cat([x[:, :, 0, :], x[:, :, -1, :], x[:, :, :, 0], x[:, :, :, -1]], dim=-1)
+        return RandomShift(max_shift, float(border.mean())).train()(x)
+    b, c, length = x.shape
+    fill = float(torch.cat([x[:, :, 0], x[:, :, -1]]).mean())
+    padded = F.pad(x, (max_shift, max_shift), value=fill)
+    start = torch.randint(0, 2 * max_shift + 1, (b,), device=x.device)
+    cols = start[:, None] + torch.arange(length, device=x.device)[None, :]  # (B, L) positions in the padded signal
+    return padded.gather(2, cols[:, None, :].expand(b, c, length))
 
 
 # ----- DeepInversion ------------------------------------------------------------------------------
