@@ -122,12 +122,13 @@ class Table:
 
     def markdown(self) -> list[str]:
         lines = ["| experiment | model / scheme | params | test acc % (best val epoch) | test acc % (last epoch) | "
-                 "s / epoch |", "|---|---|---|---|---|---|"]
+                 "per seed (best val epoch) | s / epoch |", "|---|---|---|---|---|---|---|"]
         for (experiment, method), r in self.rows.items():
             secs = f"{statistics.mean(r['seconds']):.2f}" if r["seconds"] else "—"
             params = f"{r['params']:,}" if r["params"] else "—"
+            seeds = ", ".join(f"{100 * v:.2f}" for v in r["best"])
             lines.append(f"| {experiment} | {method} | {params} | {mean_std(r['best'])} | {mean_std(r['last'])} | "
-                         f"{secs} |")
+                         f"{seeds} | {secs} |")
         return lines
 
 
