@@ -342,7 +342,6 @@ class _Scheme:
             self.facts["generator"] = {"base": cfg.generator_base, "lr": cfg.generator_lr,
                                        "schedule": cfg.generator_schedule, "jitter": cfg.jitter,
                                        "batch_size": cfg.batch_size, "steps_per_epoch": cfg.steps_per_epoch}
-        if cfg.method == "dafl":
             torch.manual_seed(self.recipe.seed)
             self.batches = DAFLBatches(teacher, shape, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
                                        latent_dim=cfg.latent_dim, lr=cfg.generator_lr, base=cfg.generator_base,
