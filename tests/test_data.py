@@ -518,3 +518,9 @@ def test_random_shift_moves_each_image_by_at_most_max_shift_and_is_identity_in_e
         offsets.add((r - 4, c - 4))
     assert len(offsets) > 10  # independent offsets per image (25 possible)
     assert torch.equal(shift.eval()(x), x)
+    sig = torch.zeros(64, 1, 12)
+    sig[:, 0, 6] = 1.0
+    moved = RandomShift(2, fill=-1.0).train()(sig)
+    pos = moved[:, 0].argmax(1)
+    assert ((pos - 6).abs() <= 2).all() and len(set(pos.tolist())) == 5  # signals: along L
+    assert set(moved.unique().tolist()) <= {-1.0, 0.0, 1.0}

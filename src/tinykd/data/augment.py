@@ -15,7 +15,7 @@ class RandomShift(nn.Module):
     """Translate each image by an independent random integer offset in [-max_shift, max_shift] pixels along
     height and width, filling the uncovered border with ``fill`` (the "jitter" of Hinton et al. 2015, MNIST).
 
-    Input (B, C, H, W); in eval mode the input is returned unchanged.
+    Input (B, C, H, W), or signals (B, C, L) shifted along L; in eval mode the input is returned unchanged.
     """
 
     def __init__(self, max_shift: int = 2, fill: float = 0.0):
@@ -28,11 +28,17 @@ class RandomShift(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.max_shift == 0:
             return x
-        if x.dim() != 4:
-            raise TinyKDError(f"RandomShift expects images shaped (B, C, H, W), got {tuple(x.shape)}",
-                              "use it on image inputs only")
-        b, c, h, w = x.shape
+        if x.dim() not in (3, 4):
+            raise TinyKDError(f"RandomShift expects images (B, C, H, W) or signals (B, C, L), got {tuple(x.shape)}",
+                              "use it on image or signal inputs only")
         s = self.max_shift
+        if x.dim() == 3:
+            b, c, length = x.shape
+            padded = nn.functional.pad(x, (s, s), value=self.fill)
+            start = torch.randint(0, 2 * s + 1, (b,), device=x.device)
+            cols = start[:, None] + torch.arange(length, device=x.device)[None, :]  # (B, L) in the padded signal
+            return padded.gather(2, cols[:, None, :].expand(b, c, length))
+        b, c, h, w = x.shape
         padded = nn.functional.pad(x, (s, s, s, s), value=self.fill)
         dy = torch.randint(0, 2 * s + 1, (b,), device=x.device)
         dx = torch.randint(0, 2 * s + 1, (b,), device=x.device)

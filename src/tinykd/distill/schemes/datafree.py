@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
+from ...data.augment import RandomShift
 from ...data.spec import Split
 from ...errors import TinyKDError
 from ...io import atomic_write
@@ -191,16 +192,10 @@ def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     if max_shift == 0 or x.dim() not in (3, 4):
         return x
     if x.dim() == 4:
-        from ...data.augment import RandomShift
-
         border = torch.cat([x[:, :, 0, :], x[:, :, -1, :], x[:, :, :, 0], x[:, :, :, -1]], dim=-1)
-        return RandomShift(max_shift, float(border.mean())).train()(x)
-    b, c, length = x.shape
-    fill = float(torch.cat([x[:, :, 0], x[:, :, -1]]).mean())
-    padded = F.pad(x, (max_shift, max_shift), value=fill)
-    start = torch.randint(0, 2 * max_shift + 1, (b,), device=x.device)
-    cols = start[:, None] + torch.arange(length, device=x.device)[None, :]  # (B, L) positions in the padded signal
-    return padded.gather(2, cols[:, None, :].expand(b, c, length))
+    else:
+        border = torch.cat([x[:, :, 0], x[:, :, -1]])
+    return RandomShift(max_shift, float(border.mean())).train()(x)
 
 
 # ----- DeepInversion ------------------------------------------------------------------------------
