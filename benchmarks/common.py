@@ -34,16 +34,10 @@ def test_accuracy(model: torch.nn.Module, data: DataBundle) -> float:
 
 def train(model_name: str, kwargs: dict, data: DataBundle, cfg: TrainConfig, losses: list[dict], *, seed: int,
           teacher: torch.nn.Module | None = None, transfer: torch.Tensor | None = None,
-          mixup: MixupConfig | None = None, console: Console | None = None,
-          wrap=None) -> tuple[torch.nn.Module, Outcome]:
-    """Train a fresh ``model_name`` with weighted loss terms; return it (best weights) and its outcome.
-
-    ``wrap`` (optional) turns the created model into the trained one, e.g. prepends an augmentation layer.
-    """
+          mixup: MixupConfig | None = None, console: Console | None = None) -> tuple[torch.nn.Module, Outcome]:
+    """Train a fresh ``model_name`` with weighted loss terms; return it (best weights) and its outcome."""
     torch.manual_seed(seed)
     model = create_model(model_name, num_classes=data.spec.num_classes, in_shape=tuple(data.spec.shape), **kwargs)
-    if wrap is not None:
-        model = wrap(model)
     terms = [(spec.get("weight", 1.0), build_loss(spec["name"], {k: v for k, v in spec.items() if k not in ("name", "weight")}))
              for spec in losses]
     with tempfile.TemporaryDirectory() as tmp:

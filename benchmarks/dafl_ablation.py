@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--info-entropy", type=float, default=5 / math.log(10))
     ap.add_argument("--activation", type=float, default=0.1)
+    ap.add_argument("--adversarial", type=float, default=0.0, help="weight of DFAD's disagreement term in G's loss")
     ap.add_argument("--feature", default=None, help="teacher module of the activation loss (default: fc2's input)")
     ap.add_argument("--data", default=str(SHARED / "mnist"))
     ap.add_argument("--teacher-dir", default=str(Path(__file__).with_name("results") / ".dafl_teachers"))
@@ -88,7 +89,8 @@ def main() -> None:
     source = DAFLBatches(teacher, shape, steps_per_epoch=a.steps, batch_size=a.batch, lr=a.lr_g,
                          info_entropy=a.info_entropy, activation=a.activation, feature_path=a.feature,
                          generator=Generator(shape, 100, a.base, bn_eps=a.bn_eps), lr_schedule=a.g_schedule,
-                         total_steps=a.steps, jitter=a.jitter)
+                         total_steps=a.steps, jitter=a.jitter, adversarial=a.adversarial)
+    source.bind(student)
     opt_s = torch.optim.Adam(student.parameters(), a.lr_s)
     curve, best, t0 = [], (0.0, 0.0, 0), time.time()
     for step in range(a.steps):

@@ -43,11 +43,11 @@ MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 # Budgets of the full run and of the --quick smoke run.
 FULL = dict(seeds=[0, 1, 2], limit=None, epochs_1d=40, teacher_epochs_1d=40, epochs_img=20, teacher_epochs_img=15,
             cache_epochs=3, mnist="idx", lenet_epochs=10, dafl_epochs=20, dafl_steps=100, dafl_batch=128,
-            dafl_base=32, dafl_lr_g=0.2, dafl_g_schedule="cosine", dafl_lr_s=2e-3, dafl_jitter=2,
+            dafl_base=32, dafl_lr_g=0.2, dafl_g_schedule="cosine", dafl_lr_s=2e-3, dafl_jitter=2, dafl_adv=1.0,
             deepinversion=1, di_samples=2000, di_iterations=200, di_epochs=30)
 QUICK = dict(seeds=[0], limit=400, epochs_1d=2, teacher_epochs_1d=2, epochs_img=2, teacher_epochs_img=1,
              cache_epochs=2, mnist="mnist5k", lenet_epochs=1, dafl_epochs=2, dafl_steps=4, dafl_batch=32,
-             dafl_base=16, dafl_lr_g=0.2, dafl_g_schedule="cosine", dafl_lr_s=2e-3, dafl_jitter=2,
+             dafl_base=16, dafl_lr_g=0.2, dafl_g_schedule="cosine", dafl_lr_s=2e-3, dafl_jitter=2, dafl_adv=1.0,
              deepinversion=1, di_samples=64, di_iterations=10, di_epochs=2)
 
 
@@ -249,7 +249,7 @@ def data_free(table: Table, data: DataBundle, budget: dict, seed: int, grids: Pa
                          batch_size=budget["dafl_batch"], base=budget["dafl_base"], lr=budget["dafl_lr_g"], one_hot=1.0,
                          activation=0.1, info_entropy=5.0 / math.log(10),  # the authors' ie = 5 with log10
                          lr_schedule=budget["dafl_g_schedule"], total_steps=budget["dafl_epochs"] * budget["dafl_steps"],
-                         jitter=budget["dafl_jitter"])
+                         jitter=budget["dafl_jitter"], adversarial=budget["dafl_adv"])
     s_cfg = TrainConfig(epochs=budget["dafl_epochs"], batch_size=budget["dafl_batch"], optimizer="adam",
                         lr=budget["dafl_lr_s"], weight_decay=0.0)
     table.add_run(name, "LeNet-5-half, DAFL (data-free)",

@@ -524,3 +524,28 @@ def test_random_shift_moves_each_image_by_at_most_max_shift_and_is_identity_in_e
     pos = moved[:, 0].argmax(1)
     assert ((pos - 6).abs() <= 2).all() and len(set(pos.tolist())) == 5  # signals: along L
     assert set(moved.unique().tolist()) <= {-1.0, 0.0, 1.0}
+
+
+def test_shift_batch_moves_each_sample_within_the_bound_and_fills_the_border():
+    from tinykd.data.augment import shift_batch
+
+    torch.manual_seed(0)
+    # signals: a single spike moves by at most 2 positions; the border fill is the mean border value (0 here)
+    x = torch.zeros(64, 1, 20)
+    x[:, 0, 10] = 1.0
+    y = shift_batch(x, 2)
+    pos = y[:, 0].argmax(1)
+    assert y.shape == x.shape and ((pos - 10).abs() <= 2).all() and len(set(pos.tolist())) == 5
+    assert torch.allclose(y.sum((1, 2)), torch.ones(64))
+    # images: same for both axes
+    img = torch.zeros(64, 1, 9, 9)
+    img[:, 0, 4, 4] = 1.0
+    out = shift_batch(img, 1)
+    rows, cols = out[:, 0].amax(2).argmax(1), out[:, 0].amax(1).argmax(1)
+    assert ((rows - 4).abs() <= 1).all() and ((cols - 4).abs() <= 1).all() and len(set(zip(rows.tolist(), cols.tolist()))) == 9
+    border = torch.full((2, 1, 5, 5), -0.5)
+    border[:, :, 1:4, 1:4] = 2.0
+    assert shift_batch(border, 0) is border
+    assert set(shift_batch(border, 2).unique().tolist()) <= {-0.5, 2.0}  # fill = mean border value
+    vec = torch.randn(3, 7)
+    assert shift_batch(vec, 3) is vec  # no spatial axis: unchanged

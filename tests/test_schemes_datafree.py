@@ -231,29 +231,58 @@ def test_generator_learning_rate_schedule_and_hidden_bn_epsilon():
     assert eps == [1e-5, 0.8, 0.8, 1e-5]
 
 
-def test_random_shift_moves_each_sample_within_the_bound_and_fills_the_border():
-    from tinykd.distill.schemes.datafree import random_shift
+def test_dafl_adversarial_term_matches_hand_computation_and_moves_only_the_generator(tmp_path):
+    teacher, student = _teacher(), _student()
+    source = DAFLBatches(teacher, (1, 8, 8), steps_per_epoch=2, batch_size=8, latent_dim=8, base=8, lr=0.01,
+                         adversarial=1.0)
+    x = torch.randn(6, 1, 8, 8)
+    with pytest.raises(TinyKDError, match="needs the student"):
+        source.disagreement(x, teacher(x))
+    source.bind(student)
+    student.train()
+    with torch.no_grad():
+        t, s = teacher(x), student(x)
+    expected = sum(sum(abs(a - b) for a, b in zip(pt, ps))
+                   for pt, ps in zip(F.softmax(t, 1).tolist(), F.softmax(s, 1).tolist())) / len(x)
+    assert source.disagreement(x, t).item() == pytest.approx(expected, rel=1e-5)
+    assert student.training  # evaluated in eval mode, mode restored
 
+    # G's step: the generator moves, neither the student nor the teacher does, and no gradient is left on them.
+    s_before, t_before, g_before = _state(student), _state(teacher), _state(source.generator)
+    source.next_batch(1, 0)
+    assert "disagreement" in source.parts and 0 <= source.parts["disagreement"] <= 2
+    assert _same(s_before, student) and _same(t_before, teacher) and not _same(g_before, source.generator)
+    assert all(p.grad is None for p in [*student.parameters(), *teacher.parameters()])
+
+    # With the adversarial weight, G's gradient is DAFL's minus the disagreement's (same G, same z).
     torch.manual_seed(0)
-    # signals: a single spike moves by at most 2 positions; the border fill is the mean border value (0 here)
-    x = torch.zeros(64, 1, 20)
-    x[:, 0, 10] = 1.0
-    y = random_shift(x, 2)
-    pos = y[:, 0].argmax(1)
-    assert y.shape == x.shape and ((pos - 10).abs() <= 2).all() and len(set(pos.tolist())) == 5
-    assert torch.allclose(y.sum((1, 2)), torch.ones(64))
-    # images: same for both axes
-    img = torch.zeros(64, 1, 9, 9)
-    img[:, 0, 4, 4] = 1.0
-    out = random_shift(img, 1)
-    rows, cols = out[:, 0].amax(2).argmax(1), out[:, 0].amax(1).argmax(1)
-    assert ((rows - 4).abs() <= 1).all() and ((cols - 4).abs() <= 1).all() and len(set(zip(rows.tolist(), cols.tolist()))) == 9
-    border = torch.full((2, 1, 5, 5), -0.5)
-    border[:, :, 1:4, 1:4] = 2.0
-    assert random_shift(border, 0) is border
-    assert set(random_shift(border, 2).unique().tolist()) <= {-0.5, 2.0}  # fill = mean border value
-    vec = torch.randn(3, 7)
-    assert random_shift(vec, 3) is vec  # no spatial axis: unchanged
-    teacher = create_model("lenet5", num_classes=10, in_shape=(1, 28, 28))
+    gen = Generator((1, 8, 8), latent_dim=8, base=8)
+    z = torch.randn(8, 8)
+    grads = {}
+    for weight in (0.0, 1.0):
+        src = DAFLBatches(teacher, (1, 8, 8), batch_size=8, latent_dim=8, generator=gen, adversarial=weight)
+        src.bind(student)
+        xg = gen(z)
+        logits, feats = src.teacher_outputs(xg)
+        loss = sum(src.weights[k] * v for k, v in dafl_losses(logits, feats).items())
+        if weight:
+            loss = loss - src.disagreement(xg, logits)
+        grads[weight] = torch.autograd.grad(loss, gen.l1.weight)[0]
+    xg = gen(z)
+    logits, _ = source.teacher_outputs(xg)
+    g_adv = torch.autograd.grad(source.disagreement(xg, logits), gen.l1.weight)[0]
+    assert torch.allclose(grads[1.0], grads[0.0] - g_adv, atol=1e-6)
+
+    # The trainer binds the student it trains.
+    student2 = _student()
+    src = DAFLBatches(teacher, (1, 8, 8), steps_per_epoch=2, batch_size=8, latent_dim=8, base=8, adversarial=0.5)
+    Trainer(student2, [(1.0, build_loss("kd", {"temperature": 1.0}))], TrainConfig(epochs=1, batch_size=8),
+            out_dir=tmp_path, label="adv", teacher=teacher, batches=src, progress=False).fit(None, _val())
+    assert src.student is student2
+    with pytest.raises(TinyKDError, match="adversarial"):
+        DAFLBatches(teacher, (1, 8, 8), adversarial=-1.0)
+
+
+def test_dafl_rejects_a_negative_jitter():
     with pytest.raises(TinyKDError, match="jitter"):
-        DAFLBatches(teacher, (1, 28, 28), jitter=-1)
+        DAFLBatches(_teacher(), (1, 8, 8), jitter=-1)

@@ -180,3 +180,44 @@ def test_crd_with_mixup_ignores_synthetic_samples(tmp_path):
     res = Trainer(_mlp(), terms, TrainConfig(epochs=1, batch_size=32), out_dir=tmp_path / "s", label="s",
                   teacher=teacher, progress=False, mixup=MixupConfig(alpha=1.0, ratio=0.5)).fit(train, val)
     assert res.history[0]["loss/crd"] > 0
+
+
+def test_shift_jitters_each_batch_and_the_teacher_sees_the_same_view(tmp_path):
+    from tinykd.distill.schemes import TeacherCache
+
+    train, val = _data(n=100)
+    seen = {"student": [], "teacher": []}
+
+    class Recorder(nn.Module):
+        def __init__(self, role):
+            super().__init__()
+            self.role, self.net = role, _mlp()
+
+        def forward(self, x):
+            self.training and self.role == "student" and seen["student"].append(x.detach().clone())
+            self.role == "teacher" and seen["teacher"].append(x.detach().clone())
+            return self.net(x)
+
+    teacher = Recorder("teacher").eval()
+    cache = TeacherCache(teacher, tmp_path / "cache", preprocessing={"normalize": "none"})
+    cfg = TrainConfig(epochs=2, batch_size=16, shift=1)
+    Trainer(Recorder("student"), [(1.0, build_loss("kd", {"temperature": 2.0}))], cfg, out_dir=tmp_path / "s",
+            label="student", teacher=cache, progress=False).fit(train, val)
+    students = torch.cat(seen["student"])
+    teachers = torch.cat(seen["teacher"][-len(seen["student"]):])
+    assert torch.equal(students, teachers)  # the teacher labels exactly the shifted inputs the student saw
+    assert cache.stats["live"] == 2 * len(train)  # every training batch ran live: no stale output was served
+    # Each input is its training sample moved by at most one position (the border filled with the background).
+    x = students[:16]
+    assert not torch.equal(x, train.x[:16])
+    inner_same = [any(torch.equal(x[i, 0, 1:3, 1:3], torch.roll(train.x, (dy, dx), (2, 3))[j, 0, 1:3, 1:3])
+                      for j in range(len(train)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) for i in range(4)]
+    assert all(inner_same)
+
+
+def test_shift_on_inputs_without_spatial_axes_is_a_clear_error(tmp_path):
+    train, val = _data(n=40)
+    flat_train, flat_val = Split(train.x.flatten(1), train.y), Split(val.x.flatten(1), val.y)
+    with pytest.raises(TrainingError, match="train.shift"):
+        Trainer(nn.Sequential(nn.Linear(16, 4)), [(1.0, build_loss("ce", {}))], TrainConfig(epochs=1, shift=2),
+                out_dir=tmp_path, label="m", progress=False).fit(flat_train, flat_val)

@@ -341,12 +341,14 @@ class _Scheme:
         if cfg.method == "dafl":
             self.facts["generator"] = {"base": cfg.generator_base, "lr": cfg.generator_lr,
                                        "schedule": cfg.generator_schedule, "jitter": cfg.jitter,
+                                       "adversarial": cfg.adversarial,
                                        "batch_size": cfg.batch_size, "steps_per_epoch": cfg.steps_per_epoch}
             torch.manual_seed(self.recipe.seed)
             self.batches = DAFLBatches(teacher, shape, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
                                        latent_dim=cfg.latent_dim, lr=cfg.generator_lr, base=cfg.generator_base,
                                        one_hot=cfg.one_hot, activation=cfg.activation, info_entropy=cfg.info_entropy,
                                        lr_schedule=cfg.generator_schedule, jitter=cfg.jitter,
+                                       adversarial=cfg.adversarial,
                                        total_steps=cfg.steps_per_epoch * self.recipe.student.train.epochs)
             self.console.print(f"data-free (DAFL): {cfg.steps_per_epoch} generated batches of {cfg.batch_size} "
                                "per epoch; the student sees no training input")
@@ -378,6 +380,7 @@ class _Scheme:
             self.facts["cache_stats"] = dict(source.stats)
         if self.d.scheme == "data_free":
             from .distill.schemes import save_grid
+            from .report.scheme import DATA_FREE_NAMES
 
             if self.batches is not None:
                 x = self.batches.sample(32)
@@ -386,7 +389,7 @@ class _Scheme:
                 x, labels = self.synthetic.x[:32], self.synthetic.y[:32].tolist()
             path = self.run_dir / "figures" / "synthetic_samples.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            method = {"dafl": "DAFL", "deepinversion": "DeepInversion"}[self.d.data_free.method]
+            method = DATA_FREE_NAMES[self.d.data_free.method]
             save_grid(x, path, labels=labels, title=f"{method}: synthetic inputs, titled with the teacher's class")
             self.facts["samples_figure"] = str(path.relative_to(self.run_dir))
         if self.d.scheme == "assistant":

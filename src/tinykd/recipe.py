@@ -46,6 +46,9 @@ class TrainConfig(_Section):
     warmup_epochs: int = Field(0, ge=0)
     grad_clip: float | None = Field(None, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Random shift ("jitter") of each training input by up to this many positions (images: pixels along height and
+    # width; signals: steps along time), border filled with the background; the teacher labels the same shifted view.
+    shift: int = Field(0, ge=0)
 
 
 class ModelConfig(_Section):
@@ -106,6 +109,7 @@ class DataFreeConfig(_Section):
     generator_lr: float = Field(0.2, gt=0)  # the authors' Adam learning rate for G
     generator_schedule: Literal["constant", "cosine"] = "cosine"  # G's learning rate over the student's epochs
     jitter: int = Field(2, ge=0)  # random shift (positions) of each generated sample before the student sees it
+    adversarial: float = Field(0.0, ge=0)  # DFAD's term: G also maximises the student-teacher disagreement (0: off)
     one_hot: float = Field(1.0, ge=0)
     activation: float = Field(0.1, ge=0)
     info_entropy: float = Field(2.17, ge=0)  # the authors' 5 with log10, in natural log

@@ -50,3 +50,17 @@ class RandomShift(nn.Module):
 
     def extra_repr(self) -> str:
         return f"max_shift={self.max_shift}, fill={self.fill}"
+
+
+def shift_batch(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each sample of ``x`` (B, C, H, W) or (B, C, L) moved by independent random integer offsets in
+    [-max_shift, max_shift] per spatial axis; uncovered positions take the mean of the batch's border values
+    (the background, whether the inputs are raw or standardised). Other shapes, and max_shift 0, come back
+    unchanged."""
+    if max_shift == 0 or x.dim() not in (3, 4):
+        return x
+    if x.dim() == 4:
+        border = torch.cat([x[:, :, 0, :], x[:, :, -1, :], x[:, :, :, 0], x[:, :, :, -1]], dim=-1)
+    else:
+        border = torch.cat([x[:, :, 0], x[:, :, -1]])
+    return RandomShift(max_shift, float(border.mean())).train()(x)

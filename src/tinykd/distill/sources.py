@@ -100,3 +100,7 @@ class BatchSource(nn.Module):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Optimizers of the source's own parameters, by name, for the checkpoints."""
         return {}
+
+    def bind(self, student: nn.Module) -> None:
+        """Called by the trainer with the model it trains, before the first batch; sources that read the
+        student (an adversarial generator) keep a reference, others ignore it."""

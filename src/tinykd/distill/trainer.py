@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from ..data.augment import shift_batch
 from ..data.spec import Split
 from ..errors import CheckpointError, TrainingError
 from ..inference import predict_logits
@@ -120,6 +121,8 @@ class Trainer:
         if batches is not None and (transfer is not None or mixup is not None):
             raise TrainingError("a batch source (data-free distillation) makes every training batch itself, "
                                 "so transfer data and mixup do not apply", "drop the transfer set and mixup")
+        if batches is not None:
+            batches.bind(model)
         self.helpers = nn.ModuleList([t for _, t in terms])
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps_per_epoch = 0
@@ -185,6 +188,9 @@ class Trainer:
                 raise TrainingError(f"{self.label}: no training data",
                                     "pass a train split, or a batch source (batches=)")
             train = Split(val.x[:0], val.y[:0])
+        if cfg.shift and train.x.dim() not in (3, 4):
+            raise TrainingError(f"{self.label}: train.shift moves images (C, H, W) or signals (C, L), but the inputs "
+                                f"are shaped {tuple(train.x.shape[1:])}", "set train.shift to 0 for these inputs")
         if self.transfer is not None:
             # Transfer inputs follow the labelled ones; label -1 marks them as unlabelled, indices stay unique.
             train = Split(torch.cat([train.x, self.transfer]),
@@ -275,14 +281,16 @@ class Trainer:
                     batch = self.batches.next_batch(epoch, step)
                 else:
                     idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                    batch = Batch(train.x[idx], train.y[idx], idx)
+                    batch = Batch(shift_batch(train.x[idx], cfg.shift), train.y[idx], idx)
                 if self.mixup is not None:
                     batch = self._mix(batch, g)
                 student = s_run(batch.x)
                 teacher = None
                 if t_run is not None:
                     with torch.no_grad():
-                        teacher = t_run(batch)
+                        # Shifted inputs change every epoch: the teacher sees the same view, never a cached one.
+                        teacher = t_run(batch if not cfg.shift else
+                                        Batch(batch.x, batch.y, torch.full_like(batch.index, -1)))
                 loss, parts = self._loss(student, teacher, batch, epoch, step)
                 if self.batches is not None:
                     parts.update({f"source/{k}": float(v) for k, v in self.batches.parts.items()})

@@ -19,7 +19,8 @@ INTRO = {
                  "synthesised from the frozen teacher; the student from scratch, the reference, trained on the real "
                  "data.",
 }
-METHODS = {"dafl": "DAFL, a generator trained against the teacher", "deepinversion": "DeepInversion"}
+DATA_FREE_NAMES = {"dafl": "DAFL", "deepinversion": "DeepInversion"}  # also the titles of the samples figure
+METHODS = {**DATA_FREE_NAMES, "dafl": "DAFL, a generator trained against the teacher"}
 
 
 def scheme_section(metrics: dict, run_dir: Path | None = None) -> str:
@@ -42,7 +43,9 @@ def scheme_section(metrics: dict, run_dir: Path | None = None) -> str:
         shift = f"each sample shifted by up to {gen['jitter']} positions" if gen.get("jitter") else "no shifts"
         parts.append("<p>" + esc(
             f"Generator: {gen['steps_per_epoch']} batches of {gen['batch_size']} per epoch, base width {gen['base']}, "
-            f"Adam learning rate {gen['lr']:g} ({gen['schedule']}); {shift} before the student saw it.") + "</p>")
+            f"Adam learning rate {gen['lr']:g} ({gen['schedule']}); {shift} before the student saw it"
+            + (f"; adversarial term weight {gen['adversarial']:g} (G also sought inputs where student and teacher "
+               "disagreed)." if gen.get("adversarial") else ".")) + "</p>")
     if name == "data_free" and facts.get("samples_figure") and run_dir is not None:
         path = Path(run_dir) / facts["samples_figure"]
         if path.is_file():

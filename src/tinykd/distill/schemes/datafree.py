@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from ...data.augment import RandomShift
+from ...data.augment import shift_batch
 from ...data.spec import Split
 from ...errors import TinyKDError
 from ...io import atomic_write
@@ -104,6 +104,10 @@ class DAFLBatches(BatchSource):
     it, as the authors' code. ``jitter`` > 0 shifts each generated sample by an independent random offset of up
     to that many positions (images along height and width, signals along time; the border is filled with the
     batch's mean border value) before the student and the teacher see it; G's own step uses the unshifted batch.
+    ``adversarial`` > 0 adds DFAD's adversarial term to G's loss (Fang et al. 2019, "Data-Free Adversarial
+    Distillation"): −adversarial · mean_i ‖softmax(t_i) − softmax(s_i)‖₁, so G also seeks inputs on which the
+    bound student (``bind``; evaluated in eval mode, never updated here) still disagrees with the teacher. It
+    keeps G from settling on one easy family of inputs the student has already learned. 0 is plain DAFL.
     Batches carry label -1 and index -1.
     """
 
@@ -111,8 +115,10 @@ class DAFLBatches(BatchSource):
                  batch_size: int = 256, latent_dim: int = 100, lr: float = 1e-3, one_hot: float = 1.0,
                  activation: float = 0.1, info_entropy: float = 5.0, feature_path: str | None = None,
                  generator: nn.Module | None = None, base: int = 128, lr_schedule: str = "constant",
-                 total_steps: int | None = None, jitter: int = 0):
+                 total_steps: int | None = None, jitter: int = 0, adversarial: float = 0.0):
         super().__init__()
+        if adversarial < 0:
+            raise TinyKDError(f"DAFL adversarial weight must be >= 0, got {adversarial}", "use 0 (plain DAFL) or e.g. 1")
         if lr_schedule not in ("constant", "cosine"):
             raise TinyKDError(f"unknown generator learning-rate schedule {lr_schedule!r}", "use 'constant' or 'cosine'")
         if lr_schedule == "cosine" and not total_steps:
@@ -124,12 +130,31 @@ class DAFLBatches(BatchSource):
         self.in_shape, self.latent_dim, self.batch_size = tuple(in_shape), latent_dim, batch_size
         self.steps_per_epoch = steps_per_epoch
         self.weights = {"one_hot": one_hot, "activation": activation, "info_entropy": info_entropy}
+        self.adversarial = adversarial
+        self.__dict__["student"] = None  # bound by the trainer; not a submodule of the source
         self.feature_path = feature_path
         self.generator = generator if generator is not None else Generator(self.in_shape, latent_dim, base)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=lr)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.optimizer}
+
+    def bind(self, student: nn.Module) -> None:
+        self.__dict__["student"] = student
+
+    def disagreement(self, x: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """mean_i ‖softmax(t_i) − softmax(s_i)‖₁ on ``x`` (gradients reach ``x``, the student is not updated)."""
+        student = self.__dict__["student"]
+        if student is None:
+            raise TinyKDError("DAFL's adversarial term needs the student", "train through the Trainer (it binds the "
+                              "student) or call bind(student) before the first batch")
+        was_training = student.training
+        student.eval()
+        try:
+            s_logits = _first_tensor(student(x))
+        finally:
+            student.train(was_training)
+        return (F.softmax(teacher_logits, 1) - F.softmax(s_logits, 1)).abs().sum(1).mean()
 
     def sample(self, n: int) -> torch.Tensor:
         """``n`` generated inputs, without gradients, with G in eval mode."""
@@ -174,6 +199,9 @@ class DAFLBatches(BatchSource):
         logits, features = self.teacher_outputs(x)
         losses = dafl_losses(logits, features)
         loss = sum(self.weights[k] * v for k, v in losses.items())
+        if self.adversarial > 0:
+            losses["disagreement"] = self.disagreement(x, logits)
+            loss = loss - self.adversarial * losses["disagreement"]
         params = [p for p in self.generator.parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, params)  # the generator's only: the teacher stays untouched
         self.optimizer.zero_grad(set_to_none=True)
@@ -182,20 +210,7 @@ class DAFLBatches(BatchSource):
         self.optimizer.step()
         self.parts = {**{k: float(v.detach()) for k, v in losses.items()}, "generator": float(loss.detach())}
         none = torch.full((len(x),), -1, dtype=torch.long)
-        return Batch(random_shift(x.detach(), self.jitter), none, none.clone())
-
-
-def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Each sample of ``x`` (B, C, H, W) or (B, C, L) moved by independent random integer offsets in
-    [-max_shift, max_shift] per spatial axis; uncovered positions take the mean of the batch's border values.
-    Other shapes, and max_shift 0, come back unchanged."""
-    if max_shift == 0 or x.dim() not in (3, 4):
-        return x
-    if x.dim() == 4:
-        border = torch.cat([x[:, :, 0, :], x[:, :, -1, :], x[:, :, :, 0], x[:, :, :, -1]], dim=-1)
-    else:
-        border = torch.cat([x[:, :, 0], x[:, :, -1]])
-    return RandomShift(max_shift, float(border.mean())).train()(x)
+        return Batch(shift_batch(x.detach(), self.jitter), none, none.clone())
 
 
 # ----- DeepInversion ------------------------------------------------------------------------------
