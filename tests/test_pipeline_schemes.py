@@ -73,9 +73,10 @@ def test_data_free_dafl_learns_without_data(tmp_path, monkeypatch):
     assert (res.run_dir / m["scheme"]["samples_figure"]).is_file()
     html = (res.run_dir / "report.html").read_text()
     assert "fig-synthetic" in html and "Data-free distillation (no training input seen)" in html
-    assert m["scheme"]["generator"] == {"base": 16, "lr": 0.001, "schedule": "cosine", "jitter": 2, "adversarial": 0.0, "batch_size": 64,
+    assert m["scheme"]["generator"] == {"base": 16, "lr": 0.001, "schedule": "cosine", "jitter": 2, "adversarial": 1.0, "batch_size": 64,
                                         "steps_per_epoch": 30}
-    assert "Adam learning rate 0.001 (cosine); each sample shifted by up to 2 positions" in html
+    assert ("Adam learning rate 0.001 (cosine); each sample shifted by up to 2 positions before the student saw it; "
+            "adversarial term weight 1") in html
     # The generator is never exported: the artifacts are the teacher's and the student's only.
     names = sorted(p.name for p in (res.run_dir / "artifacts").iterdir())
     assert names == ["student.int8.onnx", "student.onnx", "student_scratch.onnx", "teacher.onnx"]
