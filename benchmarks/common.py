@@ -34,8 +34,10 @@ def test_accuracy(model: torch.nn.Module, data: DataBundle) -> float:
 
 def train(model_name: str, kwargs: dict, data: DataBundle, cfg: TrainConfig, losses: list[dict], *, seed: int,
           teacher: torch.nn.Module | None = None, transfer: torch.Tensor | None = None,
-          mixup: MixupConfig | None = None, console: Console | None = None) -> tuple[torch.nn.Module, Outcome]:
-    """Train a fresh ``model_name`` with weighted loss terms; return it (best weights) and its outcome."""
+          mixup: MixupConfig | None = None, console: Console | None = None,
+          keep: str = "best") -> tuple[torch.nn.Module, Outcome]:
+    """Train a fresh ``model_name`` with weighted loss terms; return it and its outcome. The returned model carries
+    the weights of the best validation epoch (``keep="best"``) or of the last epoch (``keep="last"``)."""
     torch.manual_seed(seed)
     model = create_model(model_name, num_classes=data.spec.num_classes, in_shape=tuple(data.spec.shape), **kwargs)
     terms = [(spec.get("weight", 1.0), build_loss(spec["name"], {k: v for k, v in spec.items() if k not in ("name", "weight")}))
@@ -50,7 +52,8 @@ def train(model_name: str, kwargs: dict, data: DataBundle, cfg: TrainConfig, los
         best_state = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(last_state)
         last = test_accuracy(model, data)
-        model.load_state_dict(best_state)
+        if keep == "best":
+            model.load_state_dict(best_state)
     helper = sum(count_params(t) for _, t in terms)
     return model.eval(), Outcome(best, last, elapsed / len(res.history), helper)
 
