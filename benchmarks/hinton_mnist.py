@@ -45,6 +45,13 @@ def _data(seed: int):
     return load_dataset("idx", path=str(DATA), seed=seed, val_fraction=1000 / 60000, normalize=False)
 
 
+def _load_teacher(data, teacher_file: str) -> torch.nn.Module:
+    """The saved teacher, in eval mode."""
+    teacher = create_model("mlp_1200x2", num_classes=10, in_shape=tuple(data.spec.shape), dropout=0.5)
+    teacher.load_state_dict(load_file(teacher_file))
+    return teacher.eval()
+
+
 def run_part(part: str, args: argparse.Namespace, teacher_file: str | None) -> tuple[str, Outcome, int]:
     """Train one row of the table in this process; the teacher part saves its weights to ``teacher_file``."""
     torch.set_num_threads(args.threads)
@@ -59,11 +66,10 @@ def run_part(part: str, args: argparse.Namespace, teacher_file: str | None) -> t
         model, out = train("mlp_800x2", {}, data, TrainConfig(epochs=args.student_epochs, **SGD), [{"name": "ce"}],
                            seed=args.seed, console=console)
     else:
-        teacher = create_model("mlp_1200x2", num_classes=10, in_shape=tuple(data.spec.shape), dropout=0.5)
-        teacher.load_state_dict(load_file(teacher_file))
+        teacher = _load_teacher(data, teacher_file)
         cfg = TrainConfig(epochs=args.student_epochs, shift=2 if part == "distill_shift" else 0, **SGD)
         model, out = train("mlp_800x2", {}, data, cfg, [{"name": "kd", "temperature": args.temperature, "alpha": 0.9}],
-                           seed=args.seed, teacher=teacher.eval(), console=console)
+                           seed=args.seed, teacher=teacher, console=console)
     console.print(f"{part}: {round((1 - out.last) * len(data.test))} errors (last epoch)")
     return part, out, count_params(model)
 
@@ -91,9 +97,8 @@ def main() -> None:
                 results[part] = (out, params)
     if "teacher" not in results:  # a saved teacher: measure it again (its best epoch and time are not known here)
         data = _data(args.seed)
-        teacher = create_model("mlp_1200x2", num_classes=10, in_shape=tuple(data.spec.shape), dropout=0.5)
-        teacher.load_state_dict(load_file(teacher_file))
-        acc = test_accuracy(teacher.eval(), data)
+        teacher = _load_teacher(data, str(teacher_file))
+        acc = test_accuracy(teacher, data)
         results["teacher"] = (Outcome(float("nan"), acc, float("nan"), 0), count_params(teacher))
     n_test = 10_000
     rows = []
