@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
 from tinykd.data.spec import Split
@@ -75,6 +76,21 @@ def test_training_learns(tmp_path):
                   label="m", progress=False).fit(train, val)
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
     assert res.best_val_accuracy > 0.6  # 4 balanced-ish classes: chance is ~0.25
+
+
+def test_without_validation_split_keeps_last_epoch_and_says_so(tmp_path):
+    train, _ = _data()
+    empty = Split(train.x[:0], train.y[:0])
+    console = Console(record=True, width=200)
+    model = _mlp()
+    res = Trainer(model, [(1.0, build_loss("ce", {}))], TrainConfig(epochs=3, batch_size=32), out_dir=tmp_path,
+                  label="m", console=console).fit(train, empty)
+    assert res.best_epoch == 3 and res.best_val_accuracy != res.best_val_accuracy  # nan: nothing to validate on
+    last = load_state_dict(tmp_path / "last.safetensors")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, last["model." + k]), k
+    text = console.export_text()
+    assert text.count("no validation split") == 3 and "nan" not in text
 
 
 def test_nan_guard_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):

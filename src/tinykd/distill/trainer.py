@@ -360,8 +360,10 @@ class Trainer:
 
     def _log(self, row: dict) -> None:
         terms = "  ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss/"))
+        acc = row["val_accuracy"]
+        val = f"val acc {100 * acc:.2f}%" if acc == acc else "no validation split"
         self.console.print(f"{self.label:>16} epoch {row['epoch']:>3}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  "
-                           f"({terms})  val acc {100 * row['val_accuracy']:.2f}%  {row['seconds']:.1f}s")
+                           f"({terms})  {val}  {row['seconds']:.1f}s")
 
 
 class _BarContext:
