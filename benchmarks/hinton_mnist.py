@@ -21,6 +21,7 @@ same seed, teacher epochs and validation images.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from common import Outcome, test_accuracy, train, write_table
 from tinykd.data import load_dataset
+from tinykd.distill.trainer import describe_device, resolve_device
 from tinykd.models import count_params, create_model
 from tinykd.recipe import TrainConfig
 
@@ -42,9 +44,9 @@ ROWS = {"teacher": ("teacher 784-1200-1200-10, dropout 0.5 + ±2 px jitter", 67)
         "distill_shift": ("student 784-800-800-10 distilled, T = {T:g}, jittered transfer set", None)}
 
 
-def _data(seed: int, val_images: int):
+def _data(args: argparse.Namespace):
     # Raw pixels in [0, 1] as in the paper (so jitter fills the border with background 0).
-    return load_dataset("idx", path=str(DATA), seed=seed, val_fraction=val_images / 60000, normalize=False)
+    return load_dataset("idx", path=args.data, seed=args.seed, val_fraction=args.val_images / 60000, normalize=False)
 
 
 def _load_teacher(data, teacher_file: str) -> torch.nn.Module:
@@ -57,7 +59,7 @@ def _load_teacher(data, teacher_file: str) -> torch.nn.Module:
 def run_part(part: str, args: argparse.Namespace, teacher_file: str | None) -> tuple[str, Outcome, int]:
     """Train one row of the table in this process; the teacher part saves its weights to ``teacher_file``."""
     torch.set_num_threads(args.threads)
-    data = _data(args.seed, args.val_images)
+    data = _data(args)
     console = Console()
     if part == "teacher":
         model, out = train("mlp_1200x2", {"dropout": 0.5}, data,
@@ -86,6 +88,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--val-images", type=int, default=0,
                     help="training images held out for validation (0: train on all 60 000, as the paper)")
+    ap.add_argument("--data", default=str(DATA), help="folder of the MNIST IDX files")
     ap.add_argument("--teacher-dir", default=str(Path(__file__).with_name("results") / ".hinton_teachers"))
     ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "hinton_mnist.md"))
     args = ap.parse_args()
@@ -103,7 +106,7 @@ def main() -> None:
             for part, out, params in pool.map(run_part, phase, [args] * len(phase), [str(teacher_file)] * len(phase)):
                 results[part] = (out, params)
     if "teacher" not in results:  # a saved teacher: measure it again (its best epoch and time are not known here)
-        data = _data(args.seed, args.val_images)
+        data = _data(args)
         teacher = _load_teacher(data, str(teacher_file))
         acc = test_accuracy(teacher, data)
         results["teacher"] = (Outcome(float("nan"), acc, float("nan"), 0), count_params(teacher))
@@ -126,8 +129,9 @@ def main() -> None:
          f"Distillation: Hinton KD at T = {args.temperature:g}, soft term weight 0.9 (× T²), hard labels 0.1; the "
          "teacher labels in eval mode (no dropout) the images the student sees: unjittered in the paper's row, "
          "shifted by up to ±2 pixels (a new draw each epoch) in the jittered-transfer row.",
-         f"{args.workers} process(es) side by side, {args.threads} torch thread(s) each; total wall time "
-         f"{time.perf_counter() - t0:.0f} s on the project's 2-core CPU machine."])
+         f"{args.workers} process(es) side by side, {args.threads} torch thread(s) each, training on "
+         f"{describe_device(resolve_device('auto'))}; total wall time {time.perf_counter() - t0:.0f} s on a machine "
+         f"with {os.cpu_count()} CPU cores."])
     Console().print(text)
 
 

@@ -28,6 +28,7 @@ def test_yaml_file_and_relative_base_dir(tmp_path):
     ({"distill": {"losses": []}}, r"distill\.losses: .*at least one loss term"),
     ({"distill": {"losses": [{"weight": 1}]}}, r"distill\.losses\[0\]\.name: required field is missing"),
     ({"measure": {"batch_sizes": [8]}}, r"measure\.batch_sizes: .*must contain 1"),
+    ({"student": {"train": {"device": "gpu"}}}, r"student\.train\.device: must be 'auto', 'cpu', 'cuda' or 'cuda:N'.*'gpu'"),
 ])
 def test_errors_name_the_field(data, pattern):
     with pytest.raises(RecipeError, match=pattern) as info:

@@ -9,7 +9,7 @@ from torch import nn
 
 from tinykd.data.spec import Split
 from tinykd.distill.losses import build_loss
-from tinykd.distill.trainer import Trainer
+from tinykd.distill.trainer import Trainer, resolve_device
 from tinykd.errors import CheckpointError, TrainingError
 from tinykd.io import load_state_dict, load_weights, save_tensors
 from tinykd.recipe import TrainConfig
@@ -237,3 +237,32 @@ def test_shift_on_inputs_without_spatial_axes_is_a_clear_error(tmp_path):
     with pytest.raises(TrainingError, match="train.shift"):
         Trainer(nn.Sequential(nn.Linear(16, 4)), [(1.0, build_loss("ce", {}))], TrainConfig(epochs=1, shift=2),
                 out_dir=tmp_path, label="m", progress=False).fit(flat_train, flat_val)
+
+
+def test_resolve_device_names_and_errors(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(TrainingError, match=r"train.device is 'cuda' but torch sees no CUDA GPU") as info:
+        resolve_device("cuda")
+    assert "set train.device to 'auto' or 'cpu'" in str(info.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(TrainingError, match=r"'cuda:2' but torch sees 2 CUDA GPU\(s\): cuda:0..cuda:1"):
+        resolve_device("cuda:2")
+
+
+def test_a_gpu_asked_for_without_one_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    train, val = _data()
+    model = _mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TrainingError, match="no CUDA GPU"):
+        Trainer(model, [(1.0, build_loss("ce", {}))], TrainConfig(epochs=1, device="cuda"), out_dir=tmp_path,
+                label="m", progress=False).fit(train, val)
+    assert not any(tmp_path.iterdir())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k

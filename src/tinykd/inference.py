@@ -7,11 +7,13 @@ from torch import nn
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of ``model`` in eval mode for all of ``x``, in batches; restores the training flag."""
+    """Logits of ``model`` in eval mode for all of ``x``, in batches, on the CPU (each batch runs on the device of
+    the model's parameters); restores the training flag."""
     was_training = model.training
     model.eval()
+    device = next((p.device for p in model.parameters()), x.device)
     try:
-        out = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        out = [model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

@@ -29,7 +29,7 @@ from .data import load_dataset
 from .data.spec import DataBundle
 from .deploy.onnx import export_onnx, ort_predict, ort_session
 from .distill.losses import build_loss
-from .distill.trainer import Trainer
+from .distill.trainer import Trainer, describe_device, resolve_device
 from .errors import RecipeError, TinyKDError
 from .inference import predict_logits
 from .compress.prune import DEFAULT_LOSSES, finetune, iterative_prune
@@ -91,6 +91,8 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
         progress: bool = True) -> RunResult:
     """Run every stage of ``recipe``. Custom ``data``, ``teacher`` or ``student`` modules replace the recipe's."""
     console = console or Console(quiet=not progress)
+    for cfg in (recipe.teacher.train, recipe.student.train):
+        resolve_device(cfg.device)  # a GPU asked for on a machine without one fails before anything is written
     if resume:
         if run_dir is None or not Path(run_dir).is_dir():
             raise RecipeError(f"cannot resume: run directory '{run_dir}' does not exist", "pass an existing runs/<name> folder")
@@ -353,12 +355,16 @@ class _Scheme:
             self.console.print(f"data-free (DAFL): {cfg.steps_per_epoch} generated batches of {cfg.batch_size} "
                                "per epoch; the student sees no training input")
             return teacher, self.batches, None
+        home = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+        teacher.to(resolve_device(self.recipe.student.train.device))  # inverting is training: on the student's device
         try:
             synth = deep_inversion(teacher, shape, cfg.samples, batch_size=min(256, cfg.samples),
                                    iterations=cfg.iterations, lr=cfg.inversion_lr, bn_weight=cfg.bn_weight,
                                    seed=self.recipe.seed, console=self.console)
         except TinyKDError as err:
             raise type(err)(err.what, err.fix, where="distill.data_free.method") from None
+        finally:
+            teacher.to(home)
         self.synthetic = synth
         return teacher, None, synth
 
@@ -821,7 +827,8 @@ def _run_facts(recipe: Recipe, bundle: DataBundle, run_dir: Path) -> dict:
             "spec": bundle.spec.to_dict(), "data_info": bundle.info,
             "split_sizes": {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)},
             "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                        "torch": torch.__version__, "threads": recipe.measure.threads, "system": platform.system()}}
+                        "torch": torch.__version__, "threads": recipe.measure.threads, "system": platform.system(),
+                        "train_device": describe_device(resolve_device(recipe.student.train.device))}}
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:

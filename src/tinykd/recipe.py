@@ -6,6 +6,7 @@ custom models enter through the Python API.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,16 @@ class TrainConfig(_Section):
     # Random shift ("jitter") of each training input by up to this many positions (images: pixels along height and
     # width; signals: steps along time), border filled with the background; the teacher labels the same shifted view.
     shift: int = Field(0, ge=0)
+    # Where the model trains: "auto" (a CUDA GPU when torch sees one, else the CPU), "cpu", "cuda" or "cuda:N".
+    # Checkpoints and the trained model come back on the CPU either way.
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N' (a GPU's index, e.g. cuda:1)")
+        return v
 
 
 class ModelConfig(_Section):
@@ -352,7 +363,8 @@ def _explain(err: ValidationError, source: str) -> RecipeError:
             lines.append(f"{where}: required field is missing")
         else:
             got = e.get("input")
-            lines.append(f"{where}: {e['msg']} (got {got!r})")
+            msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
+            lines.append(f"{where}: {msg} (got {got!r})")
     return RecipeError(f"invalid recipe {source}:\n  " + "\n  ".join(lines),
                        "edit the recipe (or the override) at the field named above")
 

@@ -235,6 +235,9 @@ def qat_distill(student: nn.Module, teacher: nn.Module, train: Split, val: Split
         _observe(model, calib)
         model.gm.apply(pt2e.disable_observer)
     teacher.eval()
+    # An exported graph keeps the device it was captured on (constants, device arguments of its ops), so the
+    # fake-quantized copy fine-tunes on the CPU, where it was exported, whatever train.device says.
+    cfg = cfg.model_copy(update={"device": "cpu"})
     result = Trainer(model, terms, cfg, out_dir=Path(out_dir), label=label, seed=seed, teacher=teacher,
                      progress=progress).fit(train, val)
     model.history = result.history

@@ -142,6 +142,10 @@ class TeacherCache(TeacherSource):
     def fingerprint(self) -> str:
         return self.inner.fingerprint()
 
+    def to(self, device: torch.device) -> TeacherCache:
+        self.inner.to(device)  # the stored outputs stay on the CPU; the trainer moves each batch's
+        return self
+
     def prepare(self, train: Split, console: Console) -> None:
         self.inner.prepare(train, console)
         self.console = console
@@ -197,7 +201,7 @@ class TeacherCache(TeacherSource):
                 values = stored
             else:
                 for k, v in stored.items():
-                    values[k][torch.from_numpy(hits)] = v.to(values[k].dtype)
+                    values[k][torch.from_numpy(hits).to(values[k].device)] = v.to(values[k].device, values[k].dtype)
             self.stats["hits"] += len(hits)
         logits = values.pop("logits")
         return Outputs(logits, values)

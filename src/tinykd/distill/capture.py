@@ -16,6 +16,12 @@ class Outputs:
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def to(self, device: torch.device) -> Outputs:
+        """The outputs with the logits and every feature on ``device`` (a cache serves them from the CPU)."""
+        if self.logits.device == device and all(f.device == device for f in self.features.values()):
+            return self
+        return Outputs(self.logits.to(device), {k: v.to(device) for k, v in self.features.items()})
+
 
 def _first_tensor(out):
     if isinstance(out, torch.Tensor):
@@ -97,7 +103,7 @@ def list_layers(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[str, 
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *in_shape))
+            model(torch.zeros(1, *in_shape, device=next((p.device for p in model.parameters()), None)))
     finally:
         for h in handles:
             h.remove()

@@ -54,6 +54,11 @@ class TeacherSource:
         """A hash that changes whenever the outputs could change (the teacher cache's key)."""
         return module_fingerprint(self.module)
 
+    def to(self, device: torch.device) -> TeacherSource:
+        """Move what runs the teacher to ``device`` (the trainer's); returns the source."""
+        self.module.to(device)
+        return self
+
     def outputs(self, batch: Batch, paths: Sequence[str] = ()) -> Outputs:
         """One batch's outputs, hooks opened and closed around it (term setup, tests)."""
         with self.open(paths) as run:

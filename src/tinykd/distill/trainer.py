@@ -40,6 +40,30 @@ class TrainResult:
     out_dir: Path
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device of a ``train.device`` setting: "auto" is the current CUDA GPU when torch sees one, else the
+    CPU; "cuda" and "cuda:N" must name a GPU torch sees."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise TrainingError(f"train.device is {name!r} but torch sees no CUDA GPU (torch {torch.__version__})",
+                            "set train.device to 'auto' or 'cpu', or install a CUDA build of torch on a GPU machine")
+    count = torch.cuda.device_count()
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= count:
+        raise TrainingError(f"train.device is {name!r} but torch sees {count} CUDA GPU(s): cuda:0..cuda:{count - 1}",
+                            f"set train.device to one of them, or to 'cuda'")
+    return torch.device("cuda", index)
+
+
+def describe_device(device: torch.device) -> str:
+    """'cpu', or a GPU with its name: 'cuda:0 (NVIDIA H200)'."""
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
@@ -129,6 +153,7 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.history: list[dict] = []
         self.best = (0, -1.0)  # (epoch, val accuracy)
+        self.device = torch.device("cpu")
 
     # ----- checkpoints -------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -140,6 +165,8 @@ class Trainer:
             for name, opt in self.batches.optimizers().items():
                 out.update(optimizer_tensors(opt, f"source_optim.{name}"))
         out["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            out["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         return out
 
     def _save(self, epoch: int, finished: bool) -> None:
@@ -169,6 +196,8 @@ class Trainer:
         if self.scheduler and state["scheduler"]:
             self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(tensors["rng.torch"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         random.setstate((3, tuple(state["rng_python"]), None))
         self.history = state["history"]
         self.best = (state["best_epoch"], state["best_val_accuracy"])
@@ -181,7 +210,8 @@ class Trainer:
     def fit(self, train: Split | None, val: Split) -> TrainResult:
         """Train for the configured epochs (resuming from ``out_dir/last.*`` if present); loads the best weights.
 
-        ``train`` may be None when a batch source makes the batches."""
+        ``train`` may be None when a batch source makes the batches. Training runs on ``train.device``; the model,
+        the teacher and the helpers are back on the model's original device when this returns (or raises)."""
         cfg = self.cfg
         if train is None:
             if self.batches is None:
@@ -197,7 +227,29 @@ class Trainer:
                           torch.cat([train.y, torch.full((len(self.transfer),), -1, dtype=train.y.dtype)]))
         if self.teacher_source is not None:
             self.teacher_source.prepare(train, self.console)
+        self.device = resolve_device(cfg.device)
+        home = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        if self.device.type == "cuda":
+            self.console.print(f"[dim]{self.label}: training on {describe_device(self.device)}[/]")
+        self._place(self.device)
+        try:
+            return self._fit(train, val)
+        finally:
+            self._place(home)  # the caller gets its models back where they were
+
+    def _place(self, device: torch.device) -> None:
+        """Move the model, the loss terms' helpers, the teacher and the batch source to ``device``."""
+        self.model.to(device)
+        self.helpers.to(device)
+        if self.teacher_source is not None:
+            self.teacher_source.to(device)
+        if self.batches is not None:
+            self.batches.to(device)
+
+    def _fit(self, train: Split, val: Split) -> TrainResult:
+        cfg = self.cfg
         self._setup_terms(train)
+        self.helpers.to(self.device)  # helpers built by the terms' setup
         self.optimizer = make_optimizer(list(self.model.parameters()) + list(self.helpers.parameters()), cfg)
         self.steps_per_epoch = (self.batches.steps_per_epoch if self.batches is not None
                                 else math.ceil(len(train) / cfg.batch_size))
@@ -245,7 +297,7 @@ class Trainer:
             batch = self.batches.example(8)
         else:
             idx = torch.arange(min(len(train), 8))
-            batch = Batch(train.x[idx], train.y[idx], idx)
+            batch = Batch(train.x[idx], train.y[idx], idx).to(self.device)
         num_classes = int(train.y.max().item()) + 1 if len(train) else 0
         source = self.teacher_source
         if source is not None:
@@ -284,13 +336,14 @@ class Trainer:
                     batch = Batch(shift_batch(train.x[idx], cfg.shift), train.y[idx], idx)
                 if self.mixup is not None:
                     batch = self._mix(batch, g)
+                batch = batch.to(self.device)  # batches are cut, shifted and mixed on the CPU, as without a GPU
                 student = s_run(batch.x)
                 teacher = None
                 if t_run is not None:
                     with torch.no_grad():
                         # Shifted inputs change every epoch: the teacher sees the same view, never a cached one.
                         teacher = t_run(batch if not cfg.shift else
-                                        Batch(batch.x, batch.y, torch.full_like(batch.index, -1)))
+                                        Batch(batch.x, batch.y, torch.full_like(batch.index, -1))).to(self.device)
                 loss, parts = self._loss(student, teacher, batch, epoch, step)
                 if self.batches is not None:
                     parts.update({f"source/{k}": float(v) for k, v in self.batches.parts.items()})

@@ -20,6 +20,12 @@ class Batch:
     y: torch.Tensor
     index: torch.Tensor
 
+    def to(self, device: torch.device) -> Batch:
+        """The batch with its three tensors on ``device`` (itself when they are there already)."""
+        if self.x.device == device and self.y.device == device and self.index.device == device:
+            return self
+        return Batch(self.x.to(device), self.y.to(device), self.index.to(device))
+
 
 @dataclass
 class SetupContext:

@@ -139,6 +139,14 @@ class DAFLBatches(BatchSource):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.optimizer}
 
+    def to(self, *args, **kwargs) -> DAFLBatches:
+        """Move the generator and the teacher it is trained against (not a submodule) together."""
+        self.teacher.to(*args, **kwargs)
+        return super().to(*args, **kwargs)
+
+    def _noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, device=next(self.generator.parameters()).device)
+
     def bind(self, student: nn.Module) -> None:
         self.__dict__["student"] = student
 
@@ -162,13 +170,14 @@ class DAFLBatches(BatchSource):
         self.generator.eval()
         try:
             with torch.no_grad():
-                return self.generator(torch.randn(n, self.latent_dim))
+                return self.generator(self._noise(n))
         finally:
             self.generator.train(was_training)
 
     def example(self, n: int) -> Batch:
-        none = torch.full((n,), -1, dtype=torch.long)
-        return Batch(self.sample(n), none, none.clone())
+        x = self.sample(n)
+        none = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        return Batch(x, none, none.clone())
 
     def teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's logits and penultimate features on ``x`` (with gradients to ``x``)."""
@@ -195,7 +204,7 @@ class DAFLBatches(BatchSource):
     def next_batch(self, epoch: int, step: int) -> Batch:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(epoch, step)
-        x = self.generator(torch.randn(self.batch_size, self.latent_dim))
+        x = self.generator(self._noise(self.batch_size))
         logits, features = self.teacher_outputs(x)
         losses = dafl_losses(logits, features)
         loss = sum(self.weights[k] * v for k, v in losses.items())
@@ -209,7 +218,7 @@ class DAFLBatches(BatchSource):
             p.grad = g
         self.optimizer.step()
         self.parts = {**{k: float(v.detach()) for k, v in losses.items()}, "generator": float(loss.detach())}
-        none = torch.full((len(x),), -1, dtype=torch.long)
+        none = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
         return Batch(shift_batch(x.detach(), self.jitter), none, none.clone())
 
 
@@ -283,7 +292,9 @@ def invert_batch(teacher: nn.Module, targets: torch.Tensor, in_shape: Sequence[i
     on ``inversion_losses`` against the frozen teacher (in eval mode; only the inputs get gradients).
     ``jitter``: random circular shifts of up to that many positions each step; ``flip``: random mirroring."""
     teacher.eval()
-    x = torch.randn(len(targets), *in_shape, requires_grad=True)
+    device = next((p.device for p in teacher.parameters()), None)
+    targets = targets.to(device)
+    x = torch.randn(len(targets), *in_shape, device=device, requires_grad=True)
     opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9), eps=1e-8)
     spatial = tuple(range(2, 2 + len(in_shape) - 1))
     with BNStatistics(teacher) as stats:
@@ -314,7 +325,8 @@ def deep_inversion(teacher: nn.Module, in_shape: Sequence[int], num_samples: int
     if num_classes is None:
         teacher.eval()
         with torch.no_grad():
-            num_classes = _first_tensor(teacher(torch.zeros(2, *in_shape))).shape[1]
+            device = next((p.device for p in teacher.parameters()), None)
+            num_classes = _first_tensor(teacher(torch.zeros(2, *in_shape, device=device))).shape[1]
     targets = torch.arange(num_samples) % num_classes
     out = []
     with torch.random.fork_rng():
@@ -326,9 +338,9 @@ def deep_inversion(teacher: nn.Module, in_shape: Sequence[int], num_samples: int
     x = torch.cat(out)
     with torch.no_grad():
         teacher.eval()
-        agree = (_first_tensor(teacher(x)).argmax(1) == targets).float().mean().item()
+        agree = (_first_tensor(teacher(x)).argmax(1).cpu() == targets).float().mean().item()
     console.print(f"[dim]DeepInversion: the teacher assigns {100 * agree:.1f}% of the samples to their target class[/]")
-    return Split(x, targets)
+    return Split(x.cpu(), targets)
 
 
 # ----- pictures -----------------------------------------------------------------------------------
