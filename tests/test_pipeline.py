@@ -23,10 +23,14 @@ TINY = {
 }
 
 
+# The shared run and its resumed copy train on the CPU, where resume is bit-exact (on a GPU some kernels are not).
+ON_CPU = ["teacher.train.device=cpu", "student.train.device=cpu"]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return run(load_recipe(TINY, [f"output_dir={out}"]), progress=False)
+    return run(load_recipe(TINY, [f"output_dir={out}", *ON_CPU]), progress=False)
 
 
 def test_every_artifact_is_written(tiny_run):
@@ -86,7 +90,7 @@ def test_history_has_per_term_losses(tiny_run):
 
 
 def test_interrupted_run_resumes_to_the_same_metrics(tiny_run, tmp_path, monkeypatch):
-    recipe = load_recipe(TINY, [f"output_dir={tmp_path}", "report.enabled=false"])
+    recipe = load_recipe(TINY, [f"output_dir={tmp_path}", "report.enabled=false", *ON_CPU])
     original = Trainer._log
 
     def crash_in_student(self, row):
@@ -156,3 +160,14 @@ def test_target_board_that_cannot_fit_fails_before_training(tmp_path):
         run(load_recipe({**TINY, "deploy": {"target_board": tiny_board}}, [f"output_dir={tmp_path}"]), progress=False)
     assert "fix:" in str(err.value)
     assert not list(tmp_path.glob("*/teacher/*.safetensors"))  # no training happened
+
+
+def test_a_gpu_asked_for_without_one_fails_before_anything_is_written(tmp_path, monkeypatch):
+    import torch
+
+    from tinykd.errors import TrainingError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TrainingError, match=r"train.device is 'cuda:0' but torch sees no CUDA GPU") as err:
+        run(load_recipe(TINY, [f"output_dir={tmp_path}", "student.train.device=cuda:0"]), progress=False)
+    assert "set train.device to 'auto' or 'cpu'" in str(err.value)
+    assert not any(tmp_path.iterdir())  # no run folder was made

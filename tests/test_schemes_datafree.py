@@ -88,7 +88,8 @@ def test_dafl_trains_generator_and_student_only_and_resumes_exactly(tmp_path):
     teacher = _teacher()
     t_before = _state(teacher)
     val = _val()
-    cfg = TrainConfig(epochs=2, batch_size=16)
+    # Bit-exact resume is a CPU promise: some CUDA kernels (atomic adds in backward passes) vary in the last bits.
+    cfg = TrainConfig(epochs=2, batch_size=16, device="cpu")
 
     def run(out, stop_after=None):
         torch.manual_seed(5)

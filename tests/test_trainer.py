@@ -210,8 +210,8 @@ def test_shift_jitters_each_batch_and_the_teacher_sees_the_same_view(tmp_path):
             self.role, self.net = role, _mlp()
 
         def forward(self, x):
-            self.training and self.role == "student" and seen["student"].append(x.detach().clone())
-            self.role == "teacher" and seen["teacher"].append(x.detach().clone())
+            self.training and self.role == "student" and seen["student"].append(x.detach().cpu().clone())
+            self.role == "teacher" and seen["teacher"].append(x.detach().cpu().clone())
             return self.net(x)
 
     teacher = Recorder("teacher").eval()
