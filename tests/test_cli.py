@@ -46,6 +46,7 @@ def test_layers_lists_paths_and_shapes(capsys):
 def test_methods_and_registries(capsys):
     code, out, _ = _run(capsys, "methods")
     assert code == 0 and "kd" in out and "Hinton" in out and "temperature=4.0" in out
+    assert "exits (required)" in out and "PydanticUndefined" not in out  # byot's fields without a default
     code, out, _ = _run(capsys, "datasets")
     assert code == 0 and "mnist5k" in out and "wav_folder" in out
     code, out, _ = _run(capsys, "models")

@@ -120,7 +120,8 @@ def cmd_methods(args, console: Console) -> int:
     for col in ("name", "what it does", "hyper-parameters (defaults)", "paper"):
         table.add_column(col)
     for row in describe_losses():
-        hp = ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "—"
+        hp = ", ".join([f"{k} (required)" for k in row["required"]]
+                       + [f"{k}={v}" for k, v in row["params"].items()]) or "—"
         table.add_row(row["name"], row["description"], hp, row["paper"])
     console.print(table)
     return 0

@@ -120,11 +120,14 @@ def build_loss(name: str, params: dict, *, where: str = "distill.losses") -> Los
 
 
 def describe_losses() -> list[dict]:
-    """Name, description, paper and hyper-parameters (with defaults) of every registered term."""
+    """Name, description, paper and hyper-parameters of every registered term: ``required`` (names a recipe must
+    give) and ``params`` (the others, with their defaults)."""
     _register_scheme_terms()
     rows = []
     for name, cls in sorted(LOSSES.items()):
-        hp = {k: f.default for k, f in cls.Params.model_fields.items()}
+        fields = cls.Params.model_fields
         rows.append({"name": name, "description": cls.description, "paper": cls.paper,
-                     "needs_teacher": cls.needs_teacher, "params": hp})
+                     "needs_teacher": cls.needs_teacher,
+                     "required": [k for k, f in fields.items() if f.is_required()],
+                     "params": {k: f.default for k, f in fields.items() if not f.is_required()}})
     return rows
