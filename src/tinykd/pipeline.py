@@ -31,7 +31,7 @@ from .deploy.onnx import export_onnx, ort_predict, ort_session
 from .distill.losses import build_loss
 from .distill.trainer import Trainer, describe_device, resolve_device
 from .errors import RecipeError, TinyKDError
-from .inference import predict_logits
+from .inference import module_device, predict_logits
 from .compress.prune import DEFAULT_LOSSES, finetune, iterative_prune
 from .io import atomic_write, load_state_dict, load_weights, read_json, write_json
 from .measure import (agreement, classification_metrics, count_macs, count_params, file_bytes, ort_latency,
@@ -355,7 +355,7 @@ class _Scheme:
             self.console.print(f"data-free (DAFL): {cfg.steps_per_epoch} generated batches of {cfg.batch_size} "
                                "per epoch; the student sees no training input")
             return teacher, self.batches, None
-        home = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+        home = module_device(teacher)
         teacher.to(resolve_device(self.recipe.student.train.device))  # inverting is training: on the student's device
         try:
             synth = deep_inversion(teacher, shape, cfg.samples, batch_size=min(256, cfg.samples),

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import TinyKDError, closest
+from ..inference import module_device
 
 
 @dataclass
@@ -103,7 +104,7 @@ def list_layers(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[str, 
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *in_shape, device=next((p.device for p in model.parameters()), None)))
+            model(torch.zeros(1, *in_shape, device=module_device(model)))
     finally:
         for h in handles:
             h.remove()

@@ -24,7 +24,7 @@ from torch import nn
 from ..data.augment import shift_batch
 from ..data.spec import Split
 from ..errors import CheckpointError, TrainingError
-from ..inference import predict_logits
+from ..inference import module_device, predict_logits
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..recipe import MixupConfig, TrainConfig
 from .capture import FeatureCapture, Outputs, forward_with_features
@@ -228,7 +228,7 @@ class Trainer:
         if self.teacher_source is not None:
             self.teacher_source.prepare(train, self.console)
         self.device = resolve_device(cfg.device)
-        home = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        home = module_device(self.model)
         if self.device.type == "cuda":
             self.console.print(f"[dim]{self.label}: training on {describe_device(self.device)}[/]")
         self._place(self.device)

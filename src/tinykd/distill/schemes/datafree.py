@@ -23,6 +23,7 @@ from torch import nn
 from ...data.augment import shift_batch
 from ...data.spec import Split
 from ...errors import TinyKDError
+from ...inference import module_device
 from ...io import atomic_write
 from ..capture import FeatureCapture, _first_tensor
 from ..losses.base import Batch
@@ -145,7 +146,7 @@ class DAFLBatches(BatchSource):
         return super().to(*args, **kwargs)
 
     def _noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.latent_dim, device=next(self.generator.parameters()).device)
+        return torch.randn(n, self.latent_dim, device=module_device(self.generator))
 
     def bind(self, student: nn.Module) -> None:
         self.__dict__["student"] = student
@@ -292,7 +293,7 @@ def invert_batch(teacher: nn.Module, targets: torch.Tensor, in_shape: Sequence[i
     on ``inversion_losses`` against the frozen teacher (in eval mode; only the inputs get gradients).
     ``jitter``: random circular shifts of up to that many positions each step; ``flip``: random mirroring."""
     teacher.eval()
-    device = next((p.device for p in teacher.parameters()), None)
+    device = module_device(teacher)
     targets = targets.to(device)
     x = torch.randn(len(targets), *in_shape, device=device, requires_grad=True)
     opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9), eps=1e-8)
@@ -325,8 +326,7 @@ def deep_inversion(teacher: nn.Module, in_shape: Sequence[int], num_samples: int
     if num_classes is None:
         teacher.eval()
         with torch.no_grad():
-            device = next((p.device for p in teacher.parameters()), None)
-            num_classes = _first_tensor(teacher(torch.zeros(2, *in_shape, device=device))).shape[1]
+            num_classes = _first_tensor(teacher(torch.zeros(2, *in_shape, device=module_device(teacher)))).shape[1]
     targets = torch.arange(num_samples) % num_classes
     out = []
     with torch.random.fork_rng():
