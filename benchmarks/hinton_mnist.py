@@ -38,7 +38,7 @@ from tinykd.recipe import TrainConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 SGD = dict(batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9, schedule="cosine", weight_decay=0.0)
-ROWS = {"teacher": ("teacher 784-1200-1200-10, dropout 0.5 + ±2 px jitter", 67),
+ROWS = {"teacher": ("teacher 784-1200-1200-10, dropout 0.5{reg} + ±2 px jitter", 67),
         "scratch": ("student 784-800-800-10 from scratch (no regularisation)", 146),
         "distill": ("student 784-800-800-10 distilled, T = {T:g}", 74),
         "distill_shift": ("student 784-800-800-10 distilled, T = {T:g}, jittered transfer set", None)}
@@ -49,9 +49,13 @@ def _data(args: argparse.Namespace):
     return load_dataset("idx", path=args.data, seed=args.seed, val_fraction=args.val_images / 60000, normalize=False)
 
 
-def _load_teacher(data, teacher_file: str) -> torch.nn.Module:
+def _teacher_kwargs(args: argparse.Namespace) -> dict:
+    return {"dropout": 0.5, "input_dropout": args.input_dropout}
+
+
+def _load_teacher(data, teacher_file: str, args: argparse.Namespace) -> torch.nn.Module:
     """The saved teacher, in eval mode."""
-    teacher = create_model("mlp_1200x2", num_classes=10, in_shape=tuple(data.spec.shape), dropout=0.5)
+    teacher = create_model("mlp_1200x2", num_classes=10, in_shape=tuple(data.spec.shape), **_teacher_kwargs(args))
     teacher.load_state_dict(load_file(teacher_file))
     return teacher.eval()
 
@@ -62,15 +66,15 @@ def run_part(part: str, args: argparse.Namespace, teacher_file: str | None) -> t
     data = _data(args)
     console = Console()
     if part == "teacher":
-        model, out = train("mlp_1200x2", {"dropout": 0.5}, data,
-                           TrainConfig(epochs=args.teacher_epochs, shift=2, **SGD), [{"name": "ce"}], seed=args.seed,
-                           console=console, keep="last")
+        model, out = train("mlp_1200x2", _teacher_kwargs(args), data,
+                           TrainConfig(epochs=args.teacher_epochs, shift=2, max_norm=args.max_norm, **SGD),
+                           [{"name": "ce"}], seed=args.seed, console=console, keep="last")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, teacher_file)
     elif part == "scratch":
         model, out = train("mlp_800x2", {}, data, TrainConfig(epochs=args.student_epochs, **SGD), [{"name": "ce"}],
                            seed=args.seed, console=console)
     else:
-        teacher = _load_teacher(data, teacher_file)
+        teacher = _load_teacher(data, teacher_file, args)
         cfg = TrainConfig(epochs=args.student_epochs, shift=2 if part == "distill_shift" else 0, **SGD)
         model, out = train("mlp_800x2", {}, data, cfg, [{"name": "kd", "temperature": args.temperature, "alpha": 0.9}],
                            seed=args.seed, teacher=teacher, console=console)
@@ -89,13 +93,18 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=0,
                     help="training images held out for validation (0: train on all 60 000, as the paper)")
     ap.add_argument("--data", default=str(DATA), help="folder of the MNIST IDX files")
+    ap.add_argument("--input-dropout", type=float, default=0.0,
+                    help="teacher's dropout on the input pixels (Hinton et al. 2012, the paper's [5]: 0.2)")
+    ap.add_argument("--max-norm", type=float, default=None,
+                    help="teacher's max-norm radius of each unit's incoming weights ([5]; Srivastava et al. 2014: 3-4)")
     ap.add_argument("--teacher-dir", default=str(Path(__file__).with_name("results") / ".hinton_teachers"))
     ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "hinton_mnist.md"))
     args = ap.parse_args()
     if not 0 <= args.val_images < 60_000:
         ap.error(f"--val-images must be in 0..59999, got {args.val_images}")
-    teacher_file = (Path(args.teacher_dir) /
-                    f"mlp_1200x2_seed{args.seed}_e{args.teacher_epochs}_val{args.val_images}_last.safetensors")
+    regular = (f"_in{args.input_dropout:g}" if args.input_dropout else "") + (f"_mn{args.max_norm:g}" if args.max_norm else "")
+    teacher_file = (Path(args.teacher_dir) / f"mlp_1200x2_seed{args.seed}_e{args.teacher_epochs}_val{args.val_images}"
+                    f"{regular}_last.safetensors")
     teacher_file.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     phases = ([["scratch", "distill", "distill_shift"]] if teacher_file.is_file()
@@ -107,7 +116,7 @@ def main() -> None:
                 results[part] = (out, params)
     if "teacher" not in results:  # a saved teacher: measure it again (its best epoch and time are not known here)
         data = _data(args)
-        teacher = _load_teacher(data, str(teacher_file))
+        teacher = _load_teacher(data, str(teacher_file), args)
         acc = test_accuracy(teacher, data)
         results["teacher"] = (Outcome(float("nan"), acc, float("nan"), 0), count_params(teacher))
     n_test, validated = 10_000, args.val_images > 0
@@ -116,7 +125,9 @@ def main() -> None:
         out, params = results[part]
         best = "–" if out.best != out.best else str(round((1 - out.best) * n_test))
         secs = "–" if out.seconds_per_epoch != out.seconds_per_epoch else f"{out.seconds_per_epoch:.1f}"
-        rows.append([name.format(T=args.temperature), f"{params:,}", str(paper) if paper else "–",
+        reg = (f", input dropout {args.input_dropout:g}" if args.input_dropout else "") + \
+              (f", max-norm {args.max_norm:g}" if args.max_norm else "")
+        rows.append([name.format(T=args.temperature, reg=reg), f"{params:,}", str(paper) if paper else "–",
                      str(round((1 - out.last) * n_test))] + ([best] if validated else []) + [secs])
     split = (f"{60_000 - args.val_images:,} training / {args.val_images:,} validation images from the official "
              "training set" if validated else "all 60 000 official training images (no validation split)")

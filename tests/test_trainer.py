@@ -266,3 +266,45 @@ def test_a_gpu_asked_for_without_one_fails_before_training(tmp_path, monkeypatch
     assert not any(tmp_path.iterdir())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_max_norm_projects_every_units_incoming_weights_into_the_ball(tmp_path):
+    from tinykd.distill.trainer import apply_max_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(12, 5))
+    with torch.no_grad():
+        model[2].weight.mul_(10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_max_norm(model, 0.5)
+    for name, w in (("0.weight", model[0].weight), ("2.weight", model[2].weight)):
+        old = before[name].flatten(1)
+        norms = old.norm(dim=1)
+        expected = old * torch.clamp(0.5 / norms, max=1.0)[:, None]  # w · min(1, r / ‖w‖), unit by unit
+        torch.testing.assert_close(w.flatten(1), expected, rtol=1e-5, atol=1e-6)
+        assert (w.flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    assert torch.equal(model[2].bias, before["2.bias"])  # biases are not constrained
+    # Through the trainer: after every step no unit's incoming weights are longer than the radius.
+    train, val = _data()
+    net = _mlp()
+    Trainer(net, [(1.0, build_loss("ce", {}))], TrainConfig(epochs=2, batch_size=32, lr=0.05, max_norm=0.8),
+            out_dir=tmp_path, label="m", progress=False).fit(train, val)
+    for layer in (net[1], net[4]):
+        assert (layer.weight.norm(dim=1) <= 0.8 + 1e-5).all()
+
+
+def test_mlp_input_dropout_drops_inputs_in_training_only():
+    from tinykd.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mlp", num_classes=3, in_shape=(1, 10, 10), hidden=[], input_dropout=0.25)
+    seen = []
+    model.fc.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0]))
+    x = torch.ones(64, 1, 10, 10)
+    model.train()(x)
+    dropped = (seen[-1] == 0).float().mean().item()
+    assert 0.2 < dropped < 0.3 and torch.allclose(seen[-1][seen[-1] != 0], torch.tensor(1 / 0.75))
+    model.eval()(x)
+    assert torch.equal(seen[-1], x.flatten(1))
+    assert "input_dropout=0.25" in repr(model)
+    assert "input_dropout" not in repr(create_model("mlp", num_classes=3, in_shape=(1, 10, 10)))

@@ -50,6 +50,9 @@ class TrainConfig(_Section):
     # Random shift ("jitter") of each training input by up to this many positions (images: pixels along height and
     # width; signals: steps along time), border filled with the background; the teacher labels the same shifted view.
     shift: int = Field(0, ge=0)
+    # Max-norm constraint (Hinton et al. 2012; Srivastava et al. 2014): after every step each unit's incoming weight
+    # vector (a row of a linear weight, a filter of a convolution) is projected back into the L2 ball of this radius.
+    max_norm: float | None = Field(None, gt=0)
     # Where the model trains: "auto" (a CUDA GPU when torch sees one, else the CPU), "cpu", "cuda" or "cuda:N".
     # Checkpoints and the trained model come back on the CPU either way.
     device: str = "auto"

@@ -64,6 +64,15 @@ def describe_device(device: torch.device) -> str:
     return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
+@torch.no_grad()
+def apply_max_norm(model: nn.Module, radius: float) -> None:
+    """Project each unit's incoming weight vector of ``model`` into the L2 ball of ``radius``: the rows of every
+    linear weight and the filters of every (non-transposed) convolution, w ← w · min(1, radius / ‖w‖₂)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.modules.conv._ConvNd) and not m.transposed):
+            m.weight.copy_(torch.renorm(m.weight, p=2, dim=0, maxnorm=radius))
+
+
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
@@ -352,6 +361,8 @@ class Trainer:
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(list(self.model.parameters()) + list(self.helpers.parameters()), cfg.grad_clip)
                 self.optimizer.step()
+                if cfg.max_norm:
+                    apply_max_norm(self.model, cfg.max_norm)
                 self.scheduler.step()
                 n = len(batch.x) if self.batches is not None else len(idx)
                 seen += n

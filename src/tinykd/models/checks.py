@@ -50,11 +50,11 @@ def check_ints(name: str, value: object, example: str, allow_empty: bool = False
                       f"e.g. {name}={example}")
 
 
-def check_dropout(value: object) -> float:
+def check_dropout(value: object, name: str = "dropout") -> float:
     if (_is_int(value) or isinstance(value, float)) and 0 <= value < 1:
         return float(value)
-    raise TinyKDError(f"argument 'dropout' must be a probability in [0, 1), got {value!r}",
-                      "e.g. dropout=0.5, or dropout=0 for none")
+    raise TinyKDError(f"argument '{name}' must be a probability in [0, 1), got {value!r}",
+                      f"e.g. {name}=0.5, or {name}=0 for none")
 
 
 def check_choice(name: str, value: object, options: Sequence[str]) -> str:
