@@ -55,7 +55,7 @@ def resolve_device(name: str) -> torch.device:
     index = torch.cuda.current_device() if device.index is None else device.index
     if index >= count:
         raise TrainingError(f"train.device is {name!r} but torch sees {count} CUDA GPU(s): cuda:0..cuda:{count - 1}",
-                            f"set train.device to one of them, or to 'cuda'")
+                            "set train.device to one of them, or to 'cuda'")
     return torch.device("cuda", index)
 
 
