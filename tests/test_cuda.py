@@ -19,6 +19,8 @@ from tinykd.io import load_tensors
 from tinykd.models import create_model
 from tinykd.recipe import MixupConfig, TrainConfig
 
+from interrupt import Stop, stop_after
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SHAPE = (1, 8, 8)
 # Terms that take a single teacher; the scheme terms with their own models (peers, exits, ensembles) are below.
@@ -137,10 +139,6 @@ def test_a_gpu_run_follows_the_cpu_run(tmp_path):
         torch.testing.assert_close(runs["cuda"][1][k], v, rtol=1e-3, atol=1e-4)
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_resume_on_the_gpu_reproduces_the_uninterrupted_run(tmp_path):
     """Dropout draws from the GPU's generator: its state is checkpointed with the CPU's."""
     train, val = _data()
@@ -149,15 +147,9 @@ def test_resume_on_the_gpu_reproduces_the_uninterrupted_run(tmp_path):
     ref = Trainer(full, [(1.0, build_loss("ce", {}))], cfg, out_dir=tmp_path / "full", label="s",
                   progress=False).fit(train, val)
     part = _mlp(dropout=0.3)
-    tr = Trainer(part, [(1.0, build_loss("ce", {}))], cfg, out_dir=tmp_path / "part", label="s", progress=False)
-    log = tr._log
-
-    def stop_after_two(row):
-        log(row)
-        if row["epoch"] == 2:
-            raise _Interrupt
-    tr._log = stop_after_two
-    with pytest.raises(_Interrupt):
+    tr = stop_after(Trainer(part, [(1.0, build_loss("ce", {}))], cfg, out_dir=tmp_path / "part", label="s",
+                            progress=False), 2)
+    with pytest.raises(Stop):
         tr.fit(train, val)
     assert _devices(part) == {"cpu"}  # handed back even when training stops with an error
     assert "rng.cuda" in load_tensors(tmp_path / "part" / "last.safetensors")

@@ -14,6 +14,8 @@ from tinykd.errors import RecipeError, TinyKDError
 from tinykd.models import create_model
 from tinykd.recipe import TrainConfig
 
+from interrupt import Stop, stop_after
+
 RNG = np.random.default_rng(0)
 
 
@@ -391,26 +393,20 @@ def test_trainer_smoke_crd_with_exact_resume(tmp_path, teacher):
     train, val = _data()
     cfg = TrainConfig(epochs=4, batch_size=32, lr=5e-3)
 
-    def run(out, stop_after=None):
+    def run(out, stop=None):
         terms = [(1.0, build_loss("crd", {"student": "layers.0", "teacher": "layers.1", "feat_dim": 16,
                                           "nce_k": 64}))]
         tr = Trainer(_mlp([16]), terms, cfg, out_dir=tmp_path / out, label="s", teacher=teacher, progress=False)
-        if stop_after:
-            log = tr._log
-
-            def stop(row):
-                log(row)
-                if row["epoch"] == stop_after:
-                    raise KeyboardInterrupt
-            tr._log = stop
+        if stop:
+            stop_after(tr, stop)
         return tr, tr.fit(train, val)
 
     full, res = run("full")
     losses = [r["loss/crd"] for r in res.history]
     assert losses[-1] < losses[0]
     assert (full.terms[0][1].z > 0).all()
-    with pytest.raises(KeyboardInterrupt):
-        run("part", stop_after=2)
+    with pytest.raises(Stop):
+        run("part", stop=2)
     resumed, res2 = run("part")
     assert [r["train_loss"] for r in res2.history] == [r["train_loss"] for r in res.history]
     assert torch.equal(resumed.terms[0][1].memory_s, full.terms[0][1].memory_s)

@@ -16,6 +16,8 @@ from tinykd.io import load_tensors
 from tinykd.models import create_model
 from tinykd.recipe import MixupConfig, TrainConfig
 
+from interrupt import Stop, stop_after
+
 
 def _teacher(seed=0, batch_norm=False):
     torch.manual_seed(seed)
@@ -80,10 +82,6 @@ def test_dafl_losses_match_hand_computation():
     assert got["info_entropy"].item() == pytest.approx(info, rel=1e-6)
 
 
-class _Stop(Exception):
-    pass
-
-
 def test_dafl_trains_generator_and_student_only_and_resumes_exactly(tmp_path):
     teacher = _teacher()
     t_before = _state(teacher)
@@ -91,21 +89,13 @@ def test_dafl_trains_generator_and_student_only_and_resumes_exactly(tmp_path):
     # Bit-exact resume is a CPU promise: some CUDA kernels (atomic adds in backward passes) vary in the last bits.
     cfg = TrainConfig(epochs=2, batch_size=16, device="cpu")
 
-    def run(out, stop_after=None):
+    def run(out, stop=None):
         torch.manual_seed(5)
         source = DAFLBatches(teacher, (1, 8, 8), steps_per_epoch=3, batch_size=16, latent_dim=8, base=8, lr=0.01)
         student = _student()
         tr = Trainer(student, [(1.0, build_loss("kd", {"temperature": 1.0}))], cfg, out_dir=out, label="dafl",
                      teacher=teacher, batches=source, progress=False)
-        if stop_after:
-            log = tr._log
-
-            def stop(row):
-                log(row)
-                if row["epoch"] == stop_after:
-                    raise _Stop
-            tr._log = stop
-        return student, source, tr
+        return student, source, (stop_after(tr, stop) if stop else tr)
 
     student, source, tr = run(tmp_path / "full")
     g_before, s_before = _state(source.generator), _state(student)
@@ -118,8 +108,8 @@ def test_dafl_trains_generator_and_student_only_and_resumes_exactly(tmp_path):
     assert any(k.startswith("source.generator.") for k in saved)
     assert any(k.startswith("source_optim.generator.") for k in saved)
 
-    _, _, tr = run(tmp_path / "part", stop_after=1)
-    with pytest.raises(_Stop):
+    _, _, tr = run(tmp_path / "part", stop=1)
+    with pytest.raises(Stop):
         tr.fit(None, val)
     student2, source2, tr = run(tmp_path / "part")
     res2 = tr.fit(None, val)

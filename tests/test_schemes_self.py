@@ -15,6 +15,8 @@ from tinykd.errors import TinyKDError
 from tinykd.models import create_model
 from tinykd.recipe import TrainConfig
 
+from interrupt import Stop, stop_after
+
 
 def _data(n=160, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -186,10 +188,6 @@ def test_pskd_targets_mix_labels_with_the_previous_epoch_prediction():
     assert term(Outputs(torch.tensor(second, requires_grad=True)), None, mixed).item() == 0.0
 
 
-class _Stop(Exception):
-    pass
-
-
 def test_pskd_bank_is_checkpointed_so_resume_is_exact(tmp_path):
     train, val = _data()
     cfg = TrainConfig(epochs=3, batch_size=32)
@@ -197,15 +195,9 @@ def test_pskd_bank_is_checkpointed_so_resume_is_exact(tmp_path):
     ref = Trainer(full, [(1.0, build_loss("pskd", {}))], cfg, out_dir=tmp_path / "a", label="s",
                   progress=False).fit(train, val)
     part = _mlp(1)
-    tr = Trainer(part, [(1.0, build_loss("pskd", {}))], cfg, out_dir=tmp_path / "b", label="s", progress=False)
-    log = tr._log
-
-    def stop(row):
-        log(row)
-        if row["epoch"] == 2:
-            raise _Stop
-    tr._log = stop
-    with pytest.raises(_Stop):
+    tr = stop_after(Trainer(part, [(1.0, build_loss("pskd", {}))], cfg, out_dir=tmp_path / "b", label="s",
+                            progress=False), 2)
+    with pytest.raises(Stop):
         tr.fit(train, val)
     resumed = _mlp(1)
     res = Trainer(resumed, [(1.0, build_loss("pskd", {}))], cfg, out_dir=tmp_path / "b", label="s",

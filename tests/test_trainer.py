@@ -14,6 +14,8 @@ from tinykd.errors import CheckpointError, TrainingError
 from tinykd.io import load_state_dict, load_weights, save_tensors
 from tinykd.recipe import TrainConfig
 
+from interrupt import Stop, stop_after
+
 
 def _data(n=300, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -26,10 +28,6 @@ def _data(n=300, seed=0):
 def _mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 4))
-
-
-class _Interrupt(Exception):
-    pass
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
@@ -46,15 +44,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     ref = Trainer(full, kd(), cfg, out_dir=tmp_path / "full", label="s", teacher=teacher, progress=False).fit(train, val)
 
     part = _mlp()
-    tr = Trainer(part, kd(), cfg, out_dir=tmp_path / "part", label="s", teacher=teacher, progress=False)
-    log = tr._log
-
-    def stop_after_two(row):
-        log(row)
-        if row["epoch"] == 2:
-            raise _Interrupt
-    tr._log = stop_after_two
-    with pytest.raises(_Interrupt):
+    tr = stop_after(Trainer(part, kd(), cfg, out_dir=tmp_path / "part", label="s", teacher=teacher, progress=False), 2)
+    with pytest.raises(Stop):
         tr.fit(train, val)
     resumed = _mlp()
     res = Trainer(resumed, kd(), cfg, out_dir=tmp_path / "part", label="s", teacher=teacher, progress=False).fit(train, val)
