@@ -19,8 +19,6 @@ class Outputs:
 
     def to(self, device: torch.device) -> Outputs:
         """The outputs with the logits and every feature on ``device`` (a cache serves them from the CPU)."""
-        if self.logits.device == device and all(f.device == device for f in self.features.values()):
-            return self
         return Outputs(self.logits.to(device), {k: v.to(device) for k, v in self.features.items()})
 
 
