@@ -9,6 +9,7 @@ A fourth row distils with a jittered transfer set: every epoch the training imag
 
     python benchmarks/hinton_mnist.py [--teacher-epochs 60] [--student-epochs 60] [--seed 0] [--workers 2]
                                       [--student-lr 0.05] [--student-batch 128] [--student-warmup 0] [--alpha 0.9]
+                                      [--student-seeds 0 1 2]
                                       [--val-images 0] [--input-dropout 0.2 --max-norm 3.5]
                                       [--rows scratch distill distill_shift]
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -71,8 +73,9 @@ def _student_config(args: argparse.Namespace, shift: int) -> TrainConfig:
                        warmup_epochs=args.student_warmup, grad_clip=args.student_clip, **SGD)
 
 
-def run_part(part: str, args: argparse.Namespace, teacher_file: str | None) -> tuple[str, Outcome, int]:
-    """Train one row of the table in this process; the teacher part saves its weights to ``teacher_file``."""
+def run_part(part: str, seed: int, args: argparse.Namespace, teacher_file: str) -> tuple[str, Outcome, int]:
+    """Train one row of the table (a student with initialisation seed ``seed``) in this process; the teacher part
+    saves its weights to ``teacher_file``."""
     torch.set_num_threads(args.threads)
     data = _data(args)
     console = Console()
@@ -80,10 +83,10 @@ def run_part(part: str, args: argparse.Namespace, teacher_file: str | None) -> t
         model, out = train("mlp_1200x2", _teacher_kwargs(args), data,
                            TrainConfig(epochs=args.teacher_epochs, shift=2, max_norm=args.max_norm, lr=0.05,
                                        batch_size=128, **SGD),
-                           [{"name": "ce"}], seed=args.seed, console=console, keep="last")
+                           [{"name": "ce"}], seed=seed, console=console, keep="last")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, teacher_file)
     elif part == "scratch":
-        model, out = train("mlp_800x2", {}, data, _student_config(args, 0), [{"name": "ce"}], seed=args.seed,
+        model, out = train("mlp_800x2", {}, data, _student_config(args, 0), [{"name": "ce"}], seed=seed,
                            console=console)
     else:
         teacher = _load_teacher(data, teacher_file, args)
@@ -93,9 +96,17 @@ def run_part(part: str, args: argparse.Namespace, teacher_file: str | None) -> t
             source = teacher if shift else TeacherCache(teacher, tmp, preprocessing="raw pixels in [0, 1]")
             model, out = train("mlp_800x2", {}, data, _student_config(args, shift),
                                [{"name": "kd", "temperature": args.temperature, "alpha": args.alpha}],
-                               seed=args.seed, teacher=source, console=console)
-    console.print(f"{part}: {round((1 - out.last) * len(data.test))} errors (last epoch)")
+                               seed=seed, teacher=source, console=console)
+    console.print(f"{part} (seed {seed}): {round((1 - out.last) * len(data.test))} errors (last epoch)")
     return part, out, count_params(model)
+
+
+def _errors(accuracies: list[float], n_test: int = 10_000) -> str:
+    """Test errors of one run, or of each seed's run with their mean ± standard deviation."""
+    errors = [round((1 - a) * n_test) for a in accuracies]
+    if len(errors) == 1:
+        return str(errors[0])
+    return f"{', '.join(map(str, errors))} (mean {statistics.mean(errors):.1f} ± {statistics.stdev(errors):.1f})"
 
 
 def main() -> None:
@@ -109,6 +120,9 @@ def main() -> None:
     ap.add_argument("--student-warmup", type=int, default=0, help="students' epochs of linear learning-rate warm-up")
     ap.add_argument("--student-clip", type=float, default=None, help="students' gradient-norm clip")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--student-seeds", type=int, nargs="+", default=None,
+                    help="seeds of the students' initialisation and batch order, one run per seed and row (default: "
+                         "--seed, which also seeds the teacher); the table lists each seed's errors and their mean")
     ap.add_argument("--workers", type=int, default=1, help="processes training rows side by side (1 or 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--val-images", type=int, default=0,
@@ -132,38 +146,48 @@ def main() -> None:
     t0 = time.perf_counter()
     wanted = [r for r in STUDENTS if r in args.rows]
     taught = [r for r in wanted if r != "scratch"]
-    phases = ([wanted] if teacher_file.is_file()
-              else [["scratch", "teacher"] if "scratch" in wanted else ["teacher"], taught])
+    seeds = args.student_seeds or [args.seed]
+
+    def jobs(parts: list[str]) -> list[tuple[str, int]]:
+        return [(part, seed) for part in parts for seed in seeds]
+
+    phases = ([jobs(wanted)] if teacher_file.is_file()
+              else [jobs(["scratch"]) + [("teacher", args.seed)] if "scratch" in wanted else [("teacher", args.seed)],
+                    jobs(taught)])
     phases = [phase for phase in phases if phase]
-    results: dict[str, tuple[Outcome, int]] = {}
+    results: dict[str, list[tuple[Outcome, int]]] = {}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for phase in phases:
-            for part, out, params in pool.map(run_part, phase, [args] * len(phase), [str(teacher_file)] * len(phase)):
-                results[part] = (out, params)
+            parts, part_seeds = zip(*phase)
+            for part, out, params in pool.map(run_part, parts, part_seeds, [args] * len(phase),
+                                              [str(teacher_file)] * len(phase)):
+                results.setdefault(part, []).append((out, params))
     if "teacher" not in results:  # a saved teacher: measure it again (its best epoch and time are not known here)
         data = _data(args)
         teacher = _load_teacher(data, str(teacher_file), args)
         acc = test_accuracy(teacher, data)
-        results["teacher"] = (Outcome(float("nan"), acc, float("nan"), 0), count_params(teacher))
+        results["teacher"] = [(Outcome(float("nan"), acc, float("nan"), 0), count_params(teacher))]
     n_test, validated = 10_000, args.val_images > 0
     rows = []
     for part, (name, paper) in ROWS.items():
         if part not in results:
             continue
-        out, params = results[part]
-        best = "–" if out.best != out.best else str(round((1 - out.best) * n_test))
-        secs = "–" if out.seconds_per_epoch != out.seconds_per_epoch else f"{out.seconds_per_epoch:.1f}"
+        outs, params = [out for out, _ in results[part]], results[part][0][1]
+        best = "–" if outs[0].best != outs[0].best else _errors([out.best for out in outs], n_test)
+        secs = statistics.mean(out.seconds_per_epoch for out in outs)
+        secs = "–" if secs != secs else f"{secs:.1f}"
         reg = (f", input dropout {args.input_dropout:g}" if args.input_dropout else "") + \
               (f", max-norm {args.max_norm:g}" if args.max_norm else "")
         rows.append([name.format(T=args.temperature, reg=reg), f"{params:,}", str(paper) if paper else "–",
-                     str(round((1 - out.last) * n_test))] + ([best] if validated else []) + [secs])
+                     _errors([out.last for out in outs], n_test)] + ([best] if validated else []) + [secs])
     split = (f"{60_000 - args.val_images:,} training / {args.val_images:,} validation images from the official "
              "training set" if validated else "all 60 000 official training images (no validation split)")
     text = write_table(
         Path(args.out), "Hinton et al. 2015, MNIST: test errors out of 10 000",
         ["model", "params", "paper errors", "errors (last epoch)"]
         + (["errors (best-val checkpoint)"] if validated else []) + ["s / epoch"], rows,
-        [f"Seed {args.seed}; teacher {args.teacher_epochs} epochs, students {args.student_epochs} epochs; SGD "
+        [f"Seed {args.seed}" + (f" (students: seeds {', '.join(map(str, seeds))})" if args.student_seeds else "")
+         + f"; teacher {args.teacher_epochs} epochs, students {args.student_epochs} epochs; SGD "
          f"(momentum 0.9, Nesterov) with a cosine schedule, lr 0.05 and batch 128 for the teacher, lr "
          f"{args.student_lr:g} and batch {args.student_batch} for the students"
          + (f" ({args.student_warmup} warm-up epochs)" if args.student_warmup else "")
