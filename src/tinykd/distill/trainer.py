@@ -28,8 +28,11 @@ from ..inference import module_device, predict_logits
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ..recipe import MixupConfig, TrainConfig
 from .capture import FeatureCapture, Outputs, forward_with_features
+from .health import dead_units, dead_warning
 from .losses.base import Batch, LossTerm, SetupContext
 from .sources import BatchSource, TeacherSource, as_teacher_source
+
+DEAD_PROBE = 512  # training inputs (evenly spaced over the split) the dead-unit check runs on after every epoch
 
 
 @dataclass
@@ -163,6 +166,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best = (0, -1.0)  # (epoch, val accuracy)
         self.device = torch.device("cpu")
+        self._warned_dead = False
 
     # ----- checkpoints -------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -293,6 +297,7 @@ class Trainer:
                     self._save_best()
                 self._save(epoch, finished=epoch == cfg.epochs)
                 self._log(row)
+                self._check_dead(epoch, train)
         if not (self.out_dir / "best.safetensors").is_file():
             raise CheckpointError(f"{self.label}: no best checkpoint in {self.out_dir}", "delete the folder and rerun")
         self.load_best()
@@ -415,6 +420,18 @@ class Trainer:
         logits = predict_logits(self.model, val.x)
         return {"val_accuracy": (logits.argmax(1) == val.y).float().mean().item(),
                 "val_loss": F.cross_entropy(logits, val.y).item()}
+
+    def _check_dead(self, epoch: int, train: Split) -> None:
+        """Warn once per fit when a layer of the student has lost many ReLU units (see distill.health)."""
+        if self._warned_dead or self.batches is not None or len(train) == 0:
+            return
+        n = len(train)
+        probe = train.x if n <= DEAD_PROBE else train.x[torch.linspace(0, n - 1, DEAD_PROBE).long()]  # spread out:
+        # a split sorted by class would otherwise show only some classes, and units of the others would look dead
+        message = dead_warning(dead_units(self.model, probe), len(probe), epoch)
+        if message:
+            self._warned_dead = True
+            self.console.print(f"[yellow]{self.label}: {message}[/]")
 
     def _bar(self, description: str, total: int):
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -1,0 +1,76 @@
+"""Training health checks: dead ReLU units.
+
+A ReLU unit whose pre-activation is negative for every input outputs 0 everywhere, gets no gradient and never
+recovers. Too large first steps kill many at once; Hinton KD at a high temperature is prone to it, because its
+T²-scaled soft term behaves like a squared error on the logits, whose gradient (unlike cross-entropy's) grows with
+the distance to the teacher. The trainer probes the student after every epoch and warns when a layer has lost a
+large share of its units.
+
+    dead = dead_units(model, x)            # {"layers.1": (402, 800), ...}
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..inference import module_device
+
+RELUS = (nn.ReLU, nn.ReLU6)
+WARN_SHARE = 0.25  # warn when at least this share of a layer's units is dead
+MIN_UNITS = 8  # layers narrower than this are not judged
+
+
+@torch.no_grad()
+def dead_units(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> dict[str, tuple[int, int]]:
+    """For every ReLU (``nn.ReLU`` / ``nn.ReLU6`` module) of ``model``: (units that output 0 for every input of
+    ``x``, units). A unit is a feature of a linear layer's output or a channel (dimension 1) of a convolution's,
+    which is dead only when it is 0 at every position of every input. A ReLU module called more than once in a
+    forward pass (a block that reuses its activation) is judged per call, named "path (call k)". Runs in eval mode
+    on the model's device and restores the training flag."""
+    relus = [(path, m) for path, m in model.named_modules() if isinstance(m, RELUS)]
+    calls: list[tuple[str, torch.Tensor]] = []
+
+    def hook(path: str):
+        def record(_module, _inputs, out):
+            alive = out.detach() > 0
+            calls.append((path, alive.transpose(0, 1).reshape(alive.shape[1], -1).any(1) if alive.dim() > 1
+                          else alive.reshape(1)))
+        return record
+
+    alive: dict[tuple[int, str], torch.Tensor] = {}
+    was_training = model.training
+    model.eval()
+    device = module_device(model)
+    handles = [m.register_forward_hook(hook(path)) for path, m in relus]
+    try:
+        for i in range(0, len(x), batch_size):
+            calls.clear()
+            model(x[i:i + batch_size].to(device))
+            for k, (path, seen) in enumerate(calls):
+                key = (k, path)
+                alive[key] = alive[key] | seen if key in alive else seen
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    times = {}
+    for _, path in alive:
+        times[path] = times.get(path, 0) + 1
+    out: dict[str, tuple[int, int]] = {}
+    seen_calls: dict[str, int] = {}
+    for (_, path), units in alive.items():
+        seen_calls[path] = seen_calls.get(path, 0) + 1
+        name = path if times[path] == 1 else f"{path} (call {seen_calls[path]})"
+        out[name] = (int((~units).sum()), units.numel())
+    return out
+
+
+def dead_warning(dead: dict[str, tuple[int, int]], probe: int, epoch: int) -> str | None:
+    """A one-line warning naming the layers where at least WARN_SHARE of the units are dead, or None."""
+    bad = [f"{n} of {total} units of '{path}'" for path, (n, total) in dead.items()
+           if total >= MIN_UNITS and n >= WARN_SHARE * total]
+    if not bad:
+        return None
+    return (f"{', '.join(bad)} output 0 for all of {probe} training inputs after epoch {epoch} (dead ReLUs: they get "
+            "no gradient and never recover). Usually the first steps were too large: add train.warmup_epochs (e.g. 5) "
+            "or lower train.lr")
