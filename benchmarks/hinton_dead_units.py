@@ -21,12 +21,10 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from common import test_accuracy, write_table
+from common import train, write_table
 from tinykd.data import load_dataset
 from tinykd.distill.cache import TeacherCache
 from tinykd.distill.health import dead_units
-from tinykd.distill.losses import build_loss
-from tinykd.distill.trainer import Trainer
 from tinykd.models import create_model
 from tinykd.recipe import TrainConfig
 
@@ -54,19 +52,17 @@ def main() -> None:
     rows = []
     for name, loss, warmup in RUNS:
         for epochs in args.epochs:  # each count is a fresh run of that many epochs from the same seed
-            torch.manual_seed(args.seed)
-            student = create_model("mlp_800x2", num_classes=10, in_shape=shape)
             cfg = TrainConfig(epochs=epochs, lr=0.05, batch_size=128, optimizer="sgd", momentum=0.9,
                               schedule="constant", weight_decay=0.0, warmup_epochs=warmup)
-            params = {"temperature": 20.0, "alpha": 0.9} if loss == "kd" else {}
+            spec = {"name": loss, **({"temperature": 20.0, "alpha": 0.9} if loss == "kd" else {})}
             with tempfile.TemporaryDirectory() as tmp:
-                source = TeacherCache(teacher, Path(tmp) / "cache") if loss == "kd" else None
-                Trainer(student, [(1.0, build_loss(loss, params))], cfg, out_dir=Path(tmp), label=loss,
-                        seed=args.seed, teacher=source, console=Console(), progress=False).fit(data.train, data.val)
+                source = TeacherCache(teacher, tmp) if loss == "kd" else None
+                student, out = train("mlp_800x2", {}, data, cfg, [spec], seed=args.seed, teacher=source,
+                                     console=Console(), keep="last")
             dead = dead_units(student, data.train.x)
-            errors = round((1 - test_accuracy(student, data)) * len(data.test))
             rows.append([name, f"{warmup} epochs" if warmup else "none", str(epochs)]
-                        + [f"{n} / {total}" for n, total in dead.values()] + [str(errors)])
+                        + [f"{n} / {total}" for n, total in dead.values()]
+                        + [str(round((1 - out.last) * len(data.test)))])
     text = write_table(
         Path(args.out), "Dead ReLU units of the Hinton MNIST student in its first epochs",
         ["loss", "warm-up", "epochs", "dead units, hidden layer 1", "dead units, hidden layer 2", "test errors"], rows,

@@ -56,6 +56,22 @@ def test_a_relu_module_called_twice_is_judged_per_call_and_the_training_flag_is_
     assert model.training
 
 
+class _Scalar(nn.Module):
+    """One ReLU unit whose output per input is a scalar (shape (batch,))."""
+
+    def __init__(self, bias: float):
+        super().__init__()
+        self.bias, self.relu = bias, nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(x.sum(1) * 0 + self.bias)
+
+
+def test_a_relu_with_one_value_per_input_is_one_unit():
+    assert dead_units(_Scalar(-1.0), torch.randn(5, 3)) == {"relu": (1, 1)}
+    assert dead_units(_Scalar(1.0), torch.randn(5, 3)) == {"relu": (0, 1)}
+
+
 def test_warning_names_layers_at_a_quarter_dead_or_more():
     assert dead_warning({"a": (1, 8), "b": (0, 16)}, 512, 1) is None
     assert dead_warning({"tiny": (3, 4)}, 512, 1) is None  # too narrow to judge

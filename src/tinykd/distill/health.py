@@ -10,57 +10,52 @@ large share of its units.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import nn
 
-from ..inference import module_device
+from ..inference import predict_logits
 
 RELUS = (nn.ReLU, nn.ReLU6)
 WARN_SHARE = 0.25  # warn when at least this share of a layer's units is dead
 MIN_UNITS = 8  # layers narrower than this are not judged
 
 
-@torch.no_grad()
 def dead_units(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> dict[str, tuple[int, int]]:
     """For every ReLU (``nn.ReLU`` / ``nn.ReLU6`` module) of ``model``: (units that output 0 for every input of
     ``x``, units). A unit is a feature of a linear layer's output or a channel (dimension 1) of a convolution's,
     which is dead only when it is 0 at every position of every input. A ReLU module called more than once in a
     forward pass (a block that reuses its activation) is judged per call, named "path (call k)". Runs in eval mode
     on the model's device and restores the training flag."""
-    relus = [(path, m) for path, m in model.named_modules() if isinstance(m, RELUS)]
-    calls: list[tuple[str, torch.Tensor]] = []
+    calls: list[tuple[str, torch.Tensor]] = []  # (path, units alive) of each ReLU call in the current forward
+    alive: dict[tuple[int, str], torch.Tensor] = {}  # (call number, path) -> units alive on any input so far
 
-    def hook(path: str):
-        def record(_module, _inputs, out):
-            alive = out.detach() > 0
-            calls.append((path, alive.transpose(0, 1).reshape(alive.shape[1], -1).any(1) if alive.dim() > 1
-                          else alive.reshape(1)))
-        return record
+    def record(path: str):
+        def hook(_module, _inputs, out):
+            on = out.detach() > 0
+            calls.append((path, on.transpose(0, 1).reshape(on.shape[1], -1).any(1) if on.dim() > 1
+                          else on.any().reshape(1)))
+        return hook
 
-    alive: dict[tuple[int, str], torch.Tensor] = {}
-    was_training = model.training
-    model.eval()
-    device = module_device(model)
-    handles = [m.register_forward_hook(hook(path)) for path, m in relus]
+    def merge(_model, _inputs, _out):  # after each batch's forward pass
+        for k, (path, on) in enumerate(calls):
+            alive[k, path] = alive[k, path] | on if (k, path) in alive else on
+        calls.clear()
+
+    handles = [m.register_forward_hook(record(path)) for path, m in model.named_modules() if isinstance(m, RELUS)]
+    handles.append(model.register_forward_hook(merge))
     try:
-        for i in range(0, len(x), batch_size):
-            calls.clear()
-            model(x[i:i + batch_size].to(device))
-            for k, (path, seen) in enumerate(calls):
-                key = (k, path)
-                alive[key] = alive[key] | seen if key in alive else seen
+        predict_logits(model, x, batch_size)  # eval mode, batches on the model's device, training flag restored
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
-    times = {}
-    for _, path in alive:
-        times[path] = times.get(path, 0) + 1
+    times = Counter(path for _, path in alive)
+    numbered: Counter[str] = Counter()
     out: dict[str, tuple[int, int]] = {}
-    seen_calls: dict[str, int] = {}
     for (_, path), units in alive.items():
-        seen_calls[path] = seen_calls.get(path, 0) + 1
-        name = path if times[path] == 1 else f"{path} (call {seen_calls[path]})"
+        numbered[path] += 1
+        name = path if times[path] == 1 else f"{path} (call {numbered[path]})"
         out[name] = (int((~units).sum()), units.numel())
     return out
 
