@@ -64,3 +64,17 @@ def test_recipes_in_repo_validate():
     assert len(recipes) >= 3
     for r in recipes:
         load_recipe(r)
+
+
+def test_api_run_without_a_recipe_uses_the_cli_default():
+    import tinykd
+    from tinykd.cli import build_parser, new_run_recipe
+    from tinykd.recipe import default_recipe_path
+
+    api = tinykd.resolve_recipe(None, ["student.train.epochs=2"])
+    cli = new_run_recipe(build_parser().parse_args(["run", "student.train.epochs=2"]))
+    assert api.model_dump() == cli.model_dump() and api.base_dir == cli.base_dir == str(default_recipe_path().parent)
+    assert api.name == "default" and api.student.kwargs["widths"] == [8, 16] and api.student.train.epochs == 2
+    assert api.teacher.train.warmup_epochs == 3 and api.teacher.train.epochs == 10
+    given = tinykd.Recipe()
+    assert tinykd.resolve_recipe(given) is given

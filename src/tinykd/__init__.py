@@ -2,16 +2,22 @@
 __version__ = "0.1.0"
 
 from .errors import TinyKDError  # noqa: E402
-from .recipe import Recipe, load_recipe  # noqa: E402
+from .recipe import Recipe, default_recipe_path, load_recipe  # noqa: E402
+
+
+def resolve_recipe(recipe=None, overrides=()) -> Recipe:
+    """The Recipe ``run`` uses: a Recipe as given, a path or dict loaded with ``overrides`` on top, and for None
+    the bundled default recipe with them, as ``tinykd run`` does (not the bare field defaults)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    return load_recipe(default_recipe_path() if recipe is None else recipe, overrides)
 
 
 def run(recipe=None, overrides=(), **kwargs):
-    """Run a recipe (a path, a dict, a Recipe or None for the default) and return a RunResult."""
+    """Run a recipe (a path, a dict, a Recipe or None for the bundled default) and return a RunResult."""
     from .pipeline import run as _run
 
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides)
-    return _run(recipe, **kwargs)
+    return _run(resolve_recipe(recipe, overrides), **kwargs)
 
 
-__all__ = ["Recipe", "TinyKDError", "load_recipe", "run", "__version__"]
+__all__ = ["Recipe", "TinyKDError", "load_recipe", "resolve_recipe", "run", "__version__"]

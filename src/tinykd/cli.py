@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
@@ -11,16 +10,8 @@ from rich.table import Table
 
 from .errors import TinyKDError
 
-DEFAULT_RECIPE = "default"
-
-
-def _default_recipe_path() -> Path:
-    return Path(str(resources.files("tinykd") / "recipes" / f"{DEFAULT_RECIPE}.yaml"))
-
-
 def cmd_run(args, console: Console) -> int:
     from .pipeline import resume_recipe, run
-    from .recipe import load_recipe
 
     stage_console = Console(quiet=True) if args.quiet else console
 
@@ -30,20 +21,28 @@ def cmd_run(args, console: Console) -> int:
         recipe = resume_recipe(args.resume)
         result = run(recipe, run_dir=args.resume, resume=True, console=stage_console, progress=not args.quiet)
     else:
-        source = args.recipe
-        overrides = list(args.overrides)
-        if source and "=" in source and not Path(source).exists():
-            overrides.insert(0, source)  # `tinykd run a.b=c` overrides the default recipe
-            source = None
-        recipe = load_recipe(source or _default_recipe_path(), overrides)
-        if args.name:
-            recipe.name = args.name
+        recipe = new_run_recipe(args)
         result = run(recipe, console=stage_console, progress=not args.quiet)
     print_summary(result.metrics, console)
     console.print(f"\nrun directory: {result.run_dir}")
     if (result.run_dir / "report.html").is_file():
         console.print(f"report: [bold green]{result.report}[/]")
     return 0
+
+
+def new_run_recipe(args):
+    """The recipe of a new ``tinykd run``: the file given (else the bundled default), overrides, ``--name``."""
+    from .recipe import default_recipe_path, load_recipe
+
+    source = args.recipe
+    overrides = list(args.overrides)
+    if source and "=" in source and not Path(source).exists():
+        overrides.insert(0, source)  # `tinykd run a.b=c` overrides the default recipe
+        source = None
+    recipe = load_recipe(source or default_recipe_path(), overrides)
+    if args.name:
+        recipe.name = args.name
+    return recipe
 
 
 def print_summary(metrics: dict, console: Console) -> None:

@@ -454,3 +454,8 @@ def load_recipe(source: str | Path | dict | None = None, overrides: list[str] | 
         recipe = _validate(resolved, f"{name} with overrides {' '.join(overrides)}")
     recipe.base_dir = base_dir
     return recipe
+
+
+def default_recipe_path() -> Path:
+    """The bundled default recipe, what ``tinykd run`` and ``tinykd.run()`` use when given none."""
+    return Path(__file__).parent / "recipes" / "default.yaml"
