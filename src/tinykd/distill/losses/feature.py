@@ -286,11 +286,13 @@ def attention_map(a: torch.Tensor, p: float) -> torch.Tensor:
 
 @register_loss
 class AttentionTransfer(FeatureTerm):
-    """½ Σ_pairs mean((Q_s/‖Q_s‖₂ − Q_t/‖Q_t‖₂)²) with Q = vec(Σ_c |A_c|^p); the weight is the paper's β.
+    """½ Σ_pairs mean((Q_s/‖Q_s‖₂ − Q_t/‖Q_t‖₂)²) with Q = vec(Σ_c |A_c|^p); the weight is β of the paper's β/2.
 
-    The paper (Eq. 2) takes the p-norm of the difference of the normalised maps; this is the authors'
-    reference implementation, ``(at(x) - at(y)).pow(2).mean()`` over batch and positions, with which their
-    β = 1000 was tuned. Attention maps of different spatial sizes are adaptive-average-pooled to the smaller.
+    The paper (Eq. 2) writes β/2 · Σ_j ‖Q_s/‖Q_s‖₂ − Q_t/‖Q_t‖₂‖_p; the per-pair value here is the authors'
+    reference implementation, ``(at(x) - at(y)).pow(2).mean()`` over batch and positions, and the ½ is the
+    paper's. Their code (cifar.py) adds ``beta * sum(loss_groups)`` without the ½, and β = 1000 was tuned
+    there: an ``at`` weight of 2000 in tinykd equals their β = 1000, a weight of 1000 is half that strength.
+    Attention maps of different spatial sizes are adaptive-average-pooled to the smaller.
     """
 
     name = "at"
