@@ -14,10 +14,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError, closest
+from .yamlload import load_yaml, short_repr
+
+MAX_SEED = 2**32 - 1  # numpy's seeds end here; derived seeds (seed + 200 + i, ...) stay far inside torch's range
+MAX_LATENCY_BATCH = 4096  # random inputs of this many samples must fit in memory next to the models
+MAX_LOSS_WEIGHT = 1e6  # |weight| of a loss term: larger is an overflow in waiting, not a setting
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -77,9 +82,9 @@ class ModelConfig(_Section):
 class LossSpec(BaseModel):
     """One weighted loss term; its own hyper-parameters are checked by the term itself."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
-    weight: float = 1.0
+    weight: float = Field(1.0, ge=-MAX_LOSS_WEIGHT, le=MAX_LOSS_WEIGHT)
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -221,13 +226,16 @@ class MeasureConfig(_Section):
     threads: int = Field(1, ge=1)
     warmup: int = Field(10, ge=0)
     repeats: int = Field(100, ge=5)
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], max_length=8)
 
     @field_validator("batch_sizes")
     @classmethod
     def _has_one(cls, v: list[int]) -> list[int]:
         if 1 not in v or any(b < 1 for b in v):
             raise ValueError("must contain 1 (batch-1 latency is always reported) and only positive sizes")
+        if max(v) > MAX_LATENCY_BATCH:
+            raise ValueError(f"latency batch sizes go up to {MAX_LATENCY_BATCH} (a batch of random inputs is "
+                             "allocated for each)")
         return v
 
 
@@ -304,7 +312,7 @@ class Recipe(_Section):
     """Every setting of one tinykd run."""
 
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     output_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: ModelConfig = Field(default_factory=ModelConfig)
@@ -319,6 +327,12 @@ class Recipe(_Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     base_dir: str | None = Field(None, exclude=True)  # folder of the recipe file, for relative paths
 
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        check_run_name(v)
+        return v
+
     @model_validator(mode="after")
     def _data_free_alone(self) -> Recipe:
         c = self.compress
@@ -330,6 +344,12 @@ class Recipe(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def check_run_name(name: str) -> None:
+    """A run's name is one folder under output_dir: no path separators, not '.' or '..', not empty."""
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError("must be a plain folder name (no '/', '\\', '..'), the run's folder under output_dir")
 
 
 def _loc(loc: tuple) -> str:
@@ -367,7 +387,7 @@ def _explain(err: ValidationError, source: str) -> RecipeError:
         else:
             got = e.get("input")
             msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
-            lines.append(f"{where}: {msg} (got {got!r})")
+            lines.append(f"{where}: {msg} (got {short_repr(got)})")
     return RecipeError(f"invalid recipe {source}:\n  " + "\n  ".join(lines),
                        "edit the recipe (or the override) at the field named above")
 
@@ -379,10 +399,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, _, raw = text.partition("=")
     if not key.strip():
         raise RecipeError(f"override '{text}' has an empty key", "write overrides as key.path=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"override '{text}': value is not valid YAML ({exc.problem})", "quote the value") from None
+    value = load_yaml(raw, f"override '{short_repr(text)[1:-1]}': its value") if raw.strip() else None
     return key.strip().split("."), value
 
 
@@ -414,6 +431,27 @@ def _index(part: str, node: list, path: list[str]) -> int:
     return int(part)
 
 
+MAX_RECIPE_BYTES = 1 << 20
+
+
+def read_recipe_text(path: Path) -> str:
+    """The text of a recipe file: UTF-8 (a BOM is allowed), at most 1 MiB."""
+    try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"recipe '{path}' is {path.stat().st_size:,} bytes; a recipe is at most "
+                              f"{MAX_RECIPE_BYTES:,}", "pass the YAML recipe, not a data file")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"recipe '{path}' cannot be read ({exc.strerror or exc})",
+                          "check the file's permissions") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise RecipeError(f"recipe '{path}' is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})",
+                          "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+
+
 def _validate(data: dict, name: str) -> Recipe:
     try:
         return Recipe.model_validate(data)
@@ -431,16 +469,18 @@ def load_recipe(source: str | Path | dict | None = None, overrides: list[str] | 
         data, name = dict(source), "given as a dict"
     else:
         path = Path(source)
+        if path.is_dir():
+            hint = (f"to continue that run: tinykd run --resume {path}" if (path / "recipe.yaml").is_file()
+                    else "pass the path of a YAML recipe file, e.g. recipes/mnist.yaml")
+            raise RecipeError(f"recipe '{path}' is a folder, not a recipe file", hint)
         if not path.is_file():
             raise RecipeError(f"recipe file '{path}' does not exist",
                               "pass the path of a YAML recipe, e.g. recipes/mnist.yaml (see `ls recipes/`)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise RecipeError(f"recipe '{path}' is not valid YAML{at}: {getattr(exc, 'problem', exc)}",
-                              "fix the YAML syntax (indentation, colons, quotes); tags like !!python are refused") from None
+        data = load_yaml(read_recipe_text(path), f"recipe '{path}'")
+        if data is None:
+            raise RecipeError(f"recipe '{path}' is empty (no settings, only blanks or comments)",
+                              "write the recipe's sections (name:, data:, teacher:, student:, ...), or run "
+                              "`tinykd run` without a recipe for the bundled default")
         if not isinstance(data, dict):
             raise RecipeError(f"recipe '{path}' must be a mapping of sections, got {type(data).__name__}",
                               "start the file with keys such as 'name:', 'data:', 'teacher:', 'student:'")

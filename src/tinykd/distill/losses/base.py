@@ -5,10 +5,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import nn
 
 from ...errors import RecipeError, closest, unknown_name
+from ...yamlload import short_repr
 from ..capture import Outputs
 
 
@@ -39,10 +40,21 @@ class SetupContext:
     num_classes: int
 
 
-class Params(BaseModel):
-    """Base of every term's hyper-parameters: unknown keys are errors."""
+MAX_TEMPERATURE = 1000.0  # far above any published setting (Hinton et al. 2015 used up to 20); T² stays finite
 
-    model_config = ConfigDict(extra="forbid")
+
+class Params(BaseModel):
+    """Base of every term's hyper-parameters: unknown keys, NaN and infinity are errors, and so is a temperature
+    above MAX_TEMPERATURE (its T² scaling would overflow the loss)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounded_temperatures(self):
+        for key, value in self:
+            if "temperature" in key and isinstance(value, (int, float)) and value > MAX_TEMPERATURE:
+                raise ValueError(f"{key} {value:g} is above {MAX_TEMPERATURE:g}: its T² scaling overflows the loss")
+        return self
 
 
 class LossTerm(nn.Module):
@@ -112,7 +124,8 @@ def build_loss(name: str, params: dict, *, where: str = "distill.losses") -> Los
                 hint = f"did you mean '{guess}'? " if guess else ""
                 lines.append(f"{where}.{key}: unknown hyper-parameter of '{name}' ({hint}valid: {', '.join(valid) or 'none'})")
             else:
-                lines.append(f"{where}.{key}: {e['msg']} (got {e.get('input')!r})")
+                msg = e["msg"].removeprefix("Value error, ")
+                lines.append(f"{where}{'.' + key if key else ''}: {msg} (got {short_repr(e.get('input'))})")
         raise RecipeError("invalid loss term:\n  " + "\n  ".join(lines),
                           f"see `tinykd methods` for the hyper-parameters of '{name}'") from None
 
