@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tinykd.report import FIGURE_KEYS, format_bytes, format_count, make_figures, summary_rows, write_report
-from tinykd.report.figures import size_points
+from tinykd.report.figures import (confusion_figure, deployed_variant, improvement_figure, size_points,
+                                   training_figure, transfer_figure)
 from tinykd.report.narrative import energy_sentence, mcu_sentence
 from tinykd.report.summary import deployment_rows, format_kib, pareto_front
 
@@ -219,10 +220,59 @@ def test_findings_say_within_and_below_the_claims(tmp_path):
 
 def test_malformed_metrics_give_a_placeholder_figure(tmp_path):
     metrics, history, _ = load_run()
-    metrics["variants"]["student"]["confusion"] = [[1, 2, 3], [4, 5]]  # ragged
+    metrics["variants"]["student_int8"]["confusion"] = [[1, 2, 3], [4, 5]]  # ragged, in the deployed variant
     paths = make_figures(metrics, history, tmp_path)
     assert paths["confusion"].read_bytes().startswith(PNG_MAGIC)
     assert png_size(paths["confusion"])[1] < 300  # the small placeholder, not a matrix
+
+
+def test_deployed_variant_is_named_else_int8_else_fp32():
+    metrics, _, _ = load_run()
+    assert deployed_variant(metrics) == "student_int8"
+    metrics["deploy"] = {"variant": "student"}
+    assert deployed_variant(metrics) == "student"
+    del metrics["deploy"], metrics["variants"]["student_int8"]
+    assert deployed_variant(metrics) == "student"
+
+
+def test_per_class_and_confusion_figures_show_the_deployed_variant():
+    import matplotlib.pyplot as plt
+    metrics, _, _ = load_run()
+    metrics["variants"]["student_int8"]["confusion"][0][0] += 7  # tell its matrix from the fp32 student's
+    transfer = transfer_figure(metrics)
+    labels = [t.get_text() for t in transfer.axes[0].get_legend().get_texts()]
+    assert labels[0] == "Teacher (fp32)" and labels[1].startswith("Student from scratch (fp32), ")
+    assert labels[2].startswith("Distilled student (int8, ORT), ") and len(labels) == 3
+    assert "int8 student" in transfer.axes[0].get_title(loc="left")
+    confusion = confusion_figure(metrics)
+    assert confusion.axes[0].get_title(loc="left").startswith("Distilled student (int8, ORT): confusion matrix")
+    assert confusion.axes[0].get_images()[0].get_array().shape == (10, 10)
+    int8 = sum(map(sum, metrics["variants"]["student_int8"]["confusion"]))
+    assert f"({int8} samples)" in confusion.axes[0].get_title(loc="left")
+    metrics["deploy"] = {"variant": "student"}
+    assert confusion_figure(metrics).axes[0].get_title(loc="left").startswith("Distilled student (fp32)")
+    plt.close("all")
+
+
+def test_accuracy_bars_start_at_zero():
+    import matplotlib.pyplot as plt
+    metrics, _, _ = load_run()
+    assert improvement_figure(metrics).axes[1].get_ylim()[0] == 0  # the retention panel
+    assert transfer_figure(metrics).axes[0].get_ylim()[0] == 0
+    plt.close("all")
+
+
+def test_loss_axis_is_logarithmic_and_symlog_with_a_zero_term():
+    import matplotlib.pyplot as plt
+    metrics, history, _ = load_run()
+    ax = training_figure(metrics, history).axes[0]
+    assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+    for row in history:
+        if row["model"] == "student" and row["epoch"] == "3":
+            row["loss/kd.hard"] = "0"
+    ax = training_figure(metrics, history).axes[0]
+    assert ax.get_yscale() == "symlog" and "linear within ±" in ax.get_ylabel()
+    plt.close("all")
 
 
 def test_ratios_of_the_fp32_student_when_there_is_no_int8_variant(tmp_path):
@@ -393,7 +443,7 @@ def test_deployment_report_adds_the_size_figure(deployment_report):
     assert page.count('src="data:image/png;base64,') == len(FIGURE_KEYS)
     numbered = [f"Figure {i}. {title}." for i, title in enumerate(
         ("Improvement over the teacher vs the claims", "Latency vs accuracy", "File size vs accuracy", "Training",
-         "Knowledge transfer per class", "Where the distilled student errs"), 1)]
+         "Knowledge transfer per class", "Where the deployed student errs"), 1)]
     assert [page.index(n) for n in numbered] == sorted(page.index(n) for n in numbered)
     for key in FIGURE_KEYS:
         width, height = png_size(run_dir / "figures" / f"{key}.png")

@@ -26,7 +26,7 @@ from .summary import (claimed_ranges, compared_variant, format_bytes, format_fac
                       pareto_front, variant_label, variant_metric, variant_noun)
 
 FIGURE_KEYS = ("improvement", "latency_accuracy", "size_accuracy", "training", "transfer", "confusion")
-TRANSFER_VARIANTS = ("teacher", "student_scratch", "student")
+TRANSFER_VARIANTS = ("teacher", "student_scratch")  # then the deployed variant
 IMPROVEMENT_KEYS = ("size_reduction", "macs_reduction", "speedup_b1", "accuracy_retention")
 PERCENT = FuncFormatter(lambda v, _: f"{v:g} %")
 TRAINING_MODELS = ("student", "student_scratch", "teacher")
@@ -167,19 +167,22 @@ def _claim_band(ax, x: float, claim: tuple[float, float] | None, unit: str, log:
     low, high = claim
     ax.bar(x, high - low, bottom=low, width=0.36, facecolor=CLAIM_COLOR, edgecolor="#777777",
            hatch="///", linewidth=0.8, alpha=0.75, zorder=2)
-    ax.text(x, high * 1.08 if log else high + 0.6, f"{low:.2g}–{high:.2g}{unit}", ha="center", va="bottom",
-            color="#555555", fontsize=9)
+    # on the linear retention axis the label goes under the band: above it would sit on the teacher's 100 % line
+    ax.text(x, high * 1.08 if log else low - 0.01 * ax.get_ylim()[1], f"{low:.2g}–{high:.2g}{unit}", ha="center",
+            va="bottom" if log else "top", color="#555555", fontsize=9)
 
 
 def _retention_panel(ax, retention_pct: float | None, claim: tuple[float, float] | None, color: str) -> None:
-    """Accuracy retention (% of teacher accuracy) beside its claimed band, zoomed to the interesting range."""
+    """Accuracy retention (% of teacher accuracy) beside its claimed band, on an axis from 0 so bar heights compare."""
     values = [v for v in ([retention_pct] + list(claim or ())) if v is not None]
-    low = math.floor(min(values + [90.0]) / 5) * 5 - 5
-    high = max(values + [100.0]) + 4
+    low = 0.0
+    high = max(values + [100.0]) * 1.12
     ax.set_ylim(low, high)
     if retention_pct is not None:
         ax.bar(-0.19, retention_pct - low, bottom=low, width=0.36, color=color, zorder=2)
-        ax.text(-0.19, retention_pct + 0.6, f"{retention_pct:.1f} %", ha="center", va="bottom", fontweight="bold")
+        inside = retention_pct > 0.2 * high  # inside the bar's top, clear of the teacher's 100 % line
+        ax.text(-0.19, retention_pct + (-0.015 if inside else 0.01) * high, f"{retention_pct:.1f} %", ha="center",
+                va="top" if inside else "bottom", fontweight="bold", color="white" if inside else None)
     else:
         ax.text(-0.19, low + 0.5, "not\nmeasured", ha="center", va="bottom", color="#666666", fontsize=9)
     _claim_band(ax, 0.19, claim, unit=" %", log=False)
@@ -454,6 +457,7 @@ def training_figure(metrics: dict, history: list[dict]) -> Figure:
     colors = variant_colors(metrics)
     fig, ax = plt.subplots(figsize=(10, 5))
     handles = _loss_lines(ax, rows)
+    scale = _log_loss_axis(ax)
     ax_acc = ax.twinx()
     ax_acc.grid(False)
     ax_acc.spines["right"].set_visible(True)
@@ -467,7 +471,7 @@ def training_figure(metrics: dict, history: list[dict]) -> Figure:
     ax_acc.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax_acc.yaxis.set_major_formatter(PERCENT)
     ax.set_xlabel("Epoch")
-    ax.set_ylabel("Training loss (per term, nats)")
+    ax.set_ylabel(f"Training loss (per term, {scale})")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(f"Training of {variant_label(metrics, model)}: loss terms and validation accuracy", loc="left")
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
@@ -494,8 +498,30 @@ def _loss_lines(ax, rows: list[dict]) -> list:
         epochs, values = series(rows, column)
         handles += ax.plot(epochs, values, color=color, linewidth=1.9 if style == "-" else 1.5, linestyle=style,
                            label=f"loss: {term}")
-    ax.set_ylim(bottom=0)
     return handles
+
+
+def _log_loss_axis(ax) -> str:
+    """Put the loss lines on a log y axis, since the first epoch's loss is often many times the later ones and a
+    linear axis flattens them; a symmetric log (linear near 0) when a term reaches zero or below. Returns the
+    scale's name for the axis label."""
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()] + [np.zeros(0)])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return "linear scale"
+    if (values > 0).all():
+        ax.set_yscale("log")
+        if math.log10(values.max() / values.min()) <= 2:
+            _log_ticks(ax.yaxis, "")  # ticks at 1, 2 and 5 per decade, else a short span shows one tick or none
+        else:
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        return "log scale"
+    magnitudes = np.abs(values[values != 0])
+    top = float(magnitudes.max()) if magnitudes.size else 1.0
+    threshold = 10 ** math.floor(math.log10(max(float(magnitudes.min()) if magnitudes.size else top, top * 1e-4)))
+    ax.set_yscale("symlog", linthresh=threshold)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    return f"symmetric log scale, linear within ±{threshold:g}"
 
 
 def _accuracy_line(ax, rows: list[dict], color: str, label: str) -> list:
@@ -517,10 +543,20 @@ def class_names(metrics: dict, n: int) -> list[str]:
     return [str(c) for c in names] if len(names) == n else [str(i) for i in range(n)]
 
 
+def deployed_variant(metrics: dict) -> str:
+    """The variant that is deployed: the one ``deploy.variant`` names, else the int8 student when there is one, else
+    the fp32 distilled student. The per-class and confusion figures show it, since its errors are the ones that ship."""
+    named = (metrics.get("deploy") or {}).get("variant")
+    if named:
+        return str(named)
+    return "student_int8" if "student_int8" in (metrics.get("variants") or {}) else "student"
+
+
 def transfer_figure(metrics: dict) -> Figure:
-    """Per-class test accuracy of teacher, scratch student and distilled student as grouped bars."""
+    """Per-class test accuracy of teacher, scratch student and the deployed (distilled) variant as grouped bars."""
     title = "Knowledge transfer: per-class test accuracy"
-    shown = [v for v in TRANSFER_VARIANTS if variant_metric(metrics, v, "per_class_accuracy")]
+    shown = [v for v in (*TRANSFER_VARIANTS, deployed_variant(metrics))
+             if variant_metric(metrics, v, "per_class_accuracy")]
     if not shown:
         return placeholder_figure(title, "No per-class accuracy was measured.")
     n = max(len(variant_metric(metrics, v, "per_class_accuracy")) for v in shown)
@@ -528,14 +564,12 @@ def transfer_figure(metrics: dict) -> Figure:
     colors = variant_colors(metrics)
     fig, ax = plt.subplots(figsize=(9.3, 5))
     width = 0.8 / len(shown)
-    lowest = 100.0
     for i, name in enumerate(shown):
         acc = [100 * a if a is not None else np.nan for a in variant_metric(metrics, name, "per_class_accuracy")]
         acc += [np.nan] * (n - len(acc))
-        lowest = min([lowest] + [a for a in acc if not np.isnan(a)])
         ax.bar(np.arange(n) + (i - (len(shown) - 1) / 2) * width, acc, width=width * 0.92, color=colors[name],
                label=_transfer_label(metrics, name), zorder=2)
-    ax.set_ylim(0 if lowest < 50 else math.floor(lowest / 5) * 5 - 5, 100.5)
+    ax.set_ylim(0, 100.5)  # from 0: a zoomed axis would make a 1-point gap look like a large one
     rotate = n > 12 or max(len(c) for c in names) > 6
     ax.set_xticks(range(n), names, rotation=45 if rotate else 0, ha="right" if rotate else "center")
     ax.set_xlim(-0.6, n - 0.4)
@@ -555,23 +589,26 @@ def _transfer_label(metrics: dict, name: str) -> str:
 
 
 def _agreement_note(metrics: dict) -> str:
-    """Title suffix '— agreement with teacher X % → Y %' when both students report it."""
+    """Title suffix 'agreement with teacher: X % from scratch → Y % <deployed>' when both report it."""
+    deployed = deployed_variant(metrics)
     scratch = variant_metric(metrics, "student_scratch", "agreement_with_teacher")
-    distilled = variant_metric(metrics, "student", "agreement_with_teacher")
+    distilled = variant_metric(metrics, deployed, "agreement_with_teacher")
     if scratch is None or distilled is None:
         return ""
-    return f"\nagreement with teacher: {100 * scratch:.1f} % from scratch → {100 * distilled:.1f} % distilled"
+    return (f"\nagreement with teacher: {100 * scratch:.1f} % from scratch → {100 * distilled:.1f} % "
+            f"{variant_noun(metrics, deployed)}")
 
 
 # --- 6. confusion matrix --------------------------------------------------------------------------
 
 
 def confusion_figure(metrics: dict) -> Figure:
-    """The distilled student's confusion matrix: counts in cells, colour = share of the true class."""
-    title = f"{variant_label(metrics, 'student')}: confusion matrix on the test set"
-    counts = variant_metric(metrics, "student", "confusion")
+    """The deployed variant's confusion matrix: counts in cells, colour = share of the true class."""
+    deployed = deployed_variant(metrics)
+    title = f"{variant_label(metrics, deployed)}: confusion matrix on the test set"
+    counts = variant_metric(metrics, deployed, "confusion")
     if not counts:
-        return placeholder_figure(title, "No confusion matrix was measured for the distilled student.")
+        return placeholder_figure(title, f"No confusion matrix was measured for the {variant_noun(metrics, deployed)}.")
     counts = np.asarray(counts, dtype=float)
     n = counts.shape[0]
     totals = counts.sum(axis=1, keepdims=True)

@@ -54,13 +54,14 @@ CAPTIONS = {
                      "figure. The dashed staircase is the Pareto front — the best accuracy to be had within a given "
                      "size — and the outlined, labelled points are on it; any point below the staircase is beaten "
                      "by a smaller or equally small, more accurate variant.",
-    "training": "The falling lines (left axis) are the training-loss terms per epoch and the marked rising lines "
-                "(right axis) are validation accuracy, so the gap between the distilled and the scratch student's "
-                "accuracy lines is what distillation added.",
+    "training": "The falling lines (left axis, log scale) are the training-loss terms per epoch and the marked "
+                "rising lines (right axis) are validation accuracy, so the gap between the distilled and the "
+                "scratch student's accuracy lines is what distillation added.",
     "transfer": "For every class, the bars show how often the teacher, the student trained from scratch and the "
-                "distilled student are right; a distilled bar closer to the teacher's than the scratch bar means "
-                "the teacher's knowledge transferred for that class.",
-    "confusion": "Rows are true classes and columns predicted classes; each cell holds a count and is shaded by its "
+                "distilled student as deployed (the int8 model when there is one) are right; a distilled bar closer "
+                "to the teacher's than the scratch bar means the teacher's knowledge transferred for that class.",
+    "confusion": "The deployed model's test predictions (the int8 student when there is one): rows are true classes "
+                 "and columns predicted classes; each cell holds a count and is shaded by its "
                  "share of the row, so every shaded cell off the diagonal is a kind of mistake.",
 }
 FIGURE_TITLES = {
@@ -69,7 +70,7 @@ FIGURE_TITLES = {
     "size_accuracy": "File size vs accuracy",
     "training": "Training",
     "transfer": "Knowledge transfer per class",
-    "confusion": "Where the distilled student errs",
+    "confusion": "Where the deployed student errs",
 }
 
 CSS = """
