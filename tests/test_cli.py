@@ -78,3 +78,68 @@ def test_api_run_without_a_recipe_uses_the_cli_default():
     assert api.teacher.train.warmup_epochs == 3 and api.teacher.train.epochs == 10
     given = tinykd.Recipe()
     assert tinykd.resolve_recipe(given) is given
+
+
+def test_version(capsys):
+    import tinykd
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"tinykd {tinykd.__version__}"
+
+
+def test_methods_shows_one_term(capsys):
+    code, out, _ = _run(capsys, "methods", "kd")
+    assert code == 0 and out.startswith("kd — ") and "Hinton" in out
+    assert "  temperature = 4.0" in out and "  alpha = " in out and "reverse_kd" not in out
+    code, _, err = _run(capsys, "methods", "kdd")
+    assert code == 2 and "unknown loss term 'kdd'" in err and "did you mean 'kd'?" in err
+    assert "Traceback" not in err
+
+
+def test_every_argument_has_help():
+    from tinykd.cli import build_parser
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in [("tinykd", parser), *commands.items()]:
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+
+
+def test_hint_to_resume_an_unfinished_run(capsys, tmp_path, monkeypatch):
+    import tinykd.pipeline
+    from tinykd.errors import TinyKDError
+
+    def stop(recipe, **kwargs):
+        raise TinyKDError("stopped before training")
+    monkeypatch.setattr(tinykd.pipeline, "run", stop)
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / "recipe.yaml").write_text("name: x\n")
+    code, _, err = _run(capsys, "run", f"output_dir={tmp_path}", "--name", "x")
+    assert code == 2
+    assert f"{folder} exists and did not finish; `tinykd run --resume {folder}` continues it" in err
+    (folder / "metrics.json").write_text("{}")
+    _, _, err = _run(capsys, "run", f"output_dir={tmp_path}", "--name", "x")
+    assert "did not finish" not in err
+    _, _, err = _run(capsys, "run", f"output_dir={tmp_path}", "--name", "y")
+    assert "did not finish" not in err
+
+
+def test_summary_fits_80_columns_without_cutting_names():
+    import io
+    import json
+
+    from rich.console import Console
+
+    from tinykd.cli import print_summary
+    metrics = json.loads((ROOT / "tests" / "fixtures" / "report_metrics.json").read_text())["metrics"]
+    metrics["variants"]["student_lowrank_int8"] = dict(metrics["variants"]["student_int8"])
+    for width, boxed in ((80, False), (140, True)):
+        out = io.StringIO()
+        print_summary(metrics, Console(file=out, width=width))
+        lines = out.getvalue().splitlines()
+        assert max(len(line.rstrip()) for line in lines) <= width and "…" not in out.getvalue()
+        for name in metrics["variants"]:
+            assert any(re.match(rf"[│ ]*{name} ", line) for line in lines), name
+        assert any(line.startswith("┏") for line in lines) == boxed
+        assert re.search(r"b1 ms.*b32 ms", out.getvalue()) and " ms " not in out.getvalue().split("b32 ms")[1]

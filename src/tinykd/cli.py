@@ -22,6 +22,10 @@ def cmd_run(args, console: Console) -> int:
         result = run(recipe, run_dir=args.resume, resume=True, console=stage_console, progress=not args.quiet)
     else:
         recipe = new_run_recipe(args)
+        unfinished = unfinished_run(recipe)
+        if unfinished:
+            print(f"{unfinished} exists and did not finish; `tinykd run --resume {unfinished}` continues it",
+                  file=sys.stderr)
         result = run(recipe, console=stage_console, progress=not args.quiet)
     print_summary(result.metrics, console)
     console.print(f"\nrun directory: {result.run_dir}")
@@ -45,23 +49,55 @@ def new_run_recipe(args):
     return recipe
 
 
-def print_summary(metrics: dict, console: Console) -> None:
-    """The summary table of a run (same rows as the report's)."""
+def unfinished_run(recipe) -> Path | None:
+    """``<output_dir>/<name>`` when an earlier run there stopped before the end (a saved recipe, no metrics.json):
+    a new run goes to ``<name>-2``, so the user may have meant ``--resume``."""
+    folder = Path(recipe.output_dir) / recipe.name
+    if (folder / "recipe.yaml").is_file() and not (folder / "metrics.json").is_file():
+        return folder
+    return None
+
+
+SUMMARY_HEADERS = ("variant", "acc %", "F1", "agree %", "params", "file", "MACs", "b1 ms", "b32 ms")
+
+
+def summary_table(metrics: dict, width: int) -> Table:
+    """The summary table of a run (same rows as the report's): boxed when that fits ``width`` columns, else
+    without the box, then with columns one space apart. Units sit in the headers; no cell is cut short with an
+    ellipsis: a console too narrow even for that wraps a variant name instead."""
+    from rich import box
+
     from .report import format_bytes, format_count, summary_rows
 
-    table = Table(title="tinykd summary (test split)", title_justify="left")
-    for col in ("variant", "accuracy", "macro-F1", "agree w/ teacher", "params", "file", "MACs", "b1 latency", "b32 latency"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
-
     def pct(v):
-        return "—" if v is None else f"{100 * v:.2f}%"
+        return "—" if v is None else f"{100 * v:.2f}"
 
     def ms(v):
-        return "—" if v is None else f"{v:.3f} ms"
-    for r in summary_rows(metrics):
-        table.add_row(r["variant"], pct(r["accuracy"]), "—" if r["macro_f1"] is None else f"{r['macro_f1']:.3f}",
-                      pct(r["agreement"]), format_count(r["params"]), format_bytes(r["file_bytes"]),
-                      format_count(r["macs"]), ms(r["latency_ms_b1"]), ms(r["latency_ms_b32"]))
+        return "—" if v is None else f"{v:.3f}"
+    cells = [(r["variant"], pct(r["accuracy"]), "—" if r["macro_f1"] is None else f"{r['macro_f1']:.3f}",
+              pct(r["agreement"]), format_count(r["params"]), format_bytes(r["file_bytes"]),
+              format_count(r["macs"]), ms(r["latency_ms_b1"]), ms(r["latency_ms_b32"]))
+             for r in summary_rows(metrics)]
+    title = "tinykd summary (test split; F1 = macro-F1, agree = same prediction as the teacher)"
+
+    def build(style: dict) -> Table:
+        table = Table(title=title, title_justify="left", **style)
+        for col in SUMMARY_HEADERS:
+            table.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
+        for row in cells:
+            table.add_row(*row)
+        return table
+    compact = dict(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for style in ({}, {**compact, "padding": (0, 1)}, {**compact, "padding": (0, 0)}):  # widest first
+        table = build(style)
+        if Console(width=max(width, 1000)).measure(table).maximum <= width:
+            break
+    return table
+
+
+def print_summary(metrics: dict, console: Console) -> None:
+    """The summary table of a run and, when measured, the final student's factors against the teacher."""
+    table = summary_table(metrics, console.width)
     console.print(table)
     ratios = metrics.get("ratios", {})
     if ratios.get("size_reduction"):
@@ -115,14 +151,44 @@ def _kv(items: list[str]) -> dict:
 def cmd_methods(args, console: Console) -> int:
     from .distill.losses import describe_losses
 
+    rows = describe_losses()
+    if args.name:
+        from .errors import unknown_name
+        by_name = {row["name"]: row for row in rows}
+        if args.name not in by_name:
+            raise unknown_name("loss term", args.name, by_name)
+        return _method_details(by_name[args.name], console)
     table = Table(title="loss terms (distill.losses[].name)", title_justify="left", show_lines=True)
     for col in ("name", "what it does", "hyper-parameters (defaults)", "paper"):
         table.add_column(col)
-    for row in describe_losses():
+    for row in rows:
         hp = ", ".join([f"{k} (required)" for k in row["required"]]
                        + [f"{k}={v}" for k, v in row["params"].items()]) or "—"
         table.add_row(row["name"], row["description"], hp, row["paper"])
     console.print(table)
+    return 0
+
+
+def _method_details(row: dict, console: Console) -> int:
+    """One loss term: what it does, its paper, its hyper-parameters one a line, and its docstring (conventions)."""
+    import inspect
+
+    from rich.text import Text
+
+    from .distill.losses import LOSSES
+
+    lines = [Text(row["name"], style="bold") + Text(f" — {row['description']}"),
+             Text(f"paper: {row['paper']}"), Text(f"needs a teacher: {'yes' if row['needs_teacher'] else 'no'}"),
+             Text("hyper-parameters (defaults):")]
+    lines += [Text(f"  {k} (required)") for k in row["required"]]
+    lines += [Text(f"  {k} = {v}") for k, v in row["params"].items()]
+    if not row["required"] and not row["params"]:
+        lines.append(Text("  none"))
+    doc = inspect.getdoc(LOSSES[row["name"]])
+    if doc:
+        lines += [Text(""), Text(doc)]
+    for line in lines:
+        console.print(line)
     return 0
 
 
@@ -149,8 +215,12 @@ def cmd_models(args, console: Console) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="tinykd", description="Distil, quantize and measure small models for edge hardware.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--version", action="version", version=f"tinykd {__version__}", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="one of these; `tinykd COMMAND -h` describes its arguments")
     r = sub.add_parser("run", help="run a recipe (the bundled default when none is given)")
     r.add_argument("recipe", nargs="?", help="path of a YAML recipe (default: the bundled MNIST-5k recipe)")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. student.train.epochs=3")
@@ -159,13 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     r.set_defaults(func=cmd_run)
     lay = sub.add_parser("layers", help="list a model's module paths with output shapes (for feature losses)")
-    lay.add_argument("model")
+    lay.add_argument("model", help="registered model name, e.g. cnn or resnet20 (see `tinykd models`)")
     lay.add_argument("--dataset", default="mnist5k", help="take the input shape and classes from this dataset")
     lay.add_argument("--in-shape", help="input shape without batch, e.g. 1,28,28 (overrides --dataset)")
-    lay.add_argument("--num-classes", type=int)
+    lay.add_argument("--num-classes", type=int, help="number of output classes (default: the dataset's, or 10 "
+                     "with --in-shape)")
     lay.add_argument("--kw", nargs="*", default=[], help="model kwargs, e.g. widths=[8,16] hidden=32")
     lay.set_defaults(func=cmd_layers)
-    sub.add_parser("methods", help="list the distillation loss terms").set_defaults(func=cmd_methods)
+    met = sub.add_parser("methods", help="list the distillation loss terms, or show one term's details")
+    met.add_argument("name", nargs="?", help="a loss term's name, e.g. kd: its hyper-parameters and conventions")
+    met.set_defaults(func=cmd_methods)
     sub.add_parser("datasets", help="list the registered datasets").set_defaults(func=cmd_datasets)
     sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
     return p
