@@ -95,6 +95,29 @@ def test_report_is_self_contained(report):
         assert outside not in page
 
 
+OVERFLOW_PROBE = """<script>window.addEventListener("load", () => { const p = document.createElement("pre");
+p.id = "probe"; p.textContent = [...document.querySelectorAll(".scroll")].map(d => d.scrollWidth - d.clientWidth)
+.concat([document.documentElement.scrollWidth - document.documentElement.clientWidth]).join(" ");
+document.body.appendChild(p); });</script>"""
+
+
+def test_tables_fit_an_800px_window(report, tmp_path):
+    """In a real browser 800 px wide (785 inside the scroll bar) no table scrolls and the page does not either."""
+    import re
+    import shutil
+    import subprocess
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no headless chromium to lay the page out")
+    run_dir, page = report
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", OVERFLOW_PROBE + "</body>"), encoding="utf-8")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=785,1200",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    excess = [int(v) for v in re.search(r'<pre id="probe">([-\d ]+)</pre>', dom).group(1).split()]
+    assert len(excess) >= 2 and all(v <= 0 for v in excess), excess
+
+
 def test_figure_files_are_valid_pngs(report):
     run_dir, _ = report
     for key in FIGURE_KEYS:

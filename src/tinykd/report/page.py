@@ -114,6 +114,14 @@ dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; }
 pre { background: #f5f7f9; border: 1px solid var(--line); border-radius: 6px; padding: 14px 16px; overflow-x: auto;
   font: 13px/1.5 ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace; }
 footer { margin-top: 40px; color: var(--muted); font-size: 13px; }
+@media (max-width: 960px) {  /* reflow so a narrow window shows every column; wider tables still scroll */
+  main { padding: 28px 16px 48px; }
+  table { font-size: 13px; }
+  th, td { padding: 6px 5px; }
+  thead th { font-size: 12px; }
+  td.variant { white-space: normal; min-width: 9.5em; }
+  .variant small { margin-left: 0; }
+}
 """
 DEPLOY_CSS = """
 h3 + .scroll, h4 + .scroll { margin-top: 4px; }
