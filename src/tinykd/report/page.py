@@ -58,10 +58,11 @@ CAPTIONS = {
                 "rising lines (right axis) are validation accuracy, so the gap between the distilled and the "
                 "scratch student's accuracy lines is what distillation added.",
     "transfer": "For every class, the bars show how often the teacher, the student trained from scratch and the "
-                "distilled student as deployed (the int8 model when there is one) are right; a distilled bar closer "
-                "to the teacher's than the scratch bar means the teacher's knowledge transferred for that class.",
-    "confusion": "The deployed model's test predictions (the int8 student when there is one): rows are true classes "
-                 "and columns predicted classes; each cell holds a count and is shaded by its "
+                "distilled student as deployed (the variant the run picked to deploy, named in the legend) are right; "
+                "a distilled bar closer to the teacher's than the scratch bar means the teacher's knowledge "
+                "transferred for that class.",
+    "confusion": "The test predictions of the variant the run picked to deploy (named in the title): rows are "
+                 "true classes and columns predicted classes; each cell holds a count and is shaded by its "
                  "share of the row, so every shaded cell off the diagonal is a kind of mistake.",
 }
 FIGURE_TITLES = {
