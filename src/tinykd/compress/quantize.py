@@ -42,8 +42,10 @@ def calibration_subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> n
 
 
 def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, calib: np.ndarray, *, per_channel: bool = True,
-                         activation_type: str = "uint8", calibrate_method: str = "minmax") -> Path:
-    """Write a static int8 QDQ model calibrated on ``calib`` (N x input shape, float32)."""
+                         activation_type: str = "uint8", calibrate_method: str = "minmax",
+                         nodes_to_exclude: list[str] | None = None) -> Path:
+    """Write a static int8 QDQ model calibrated on ``calib`` (N x input shape, float32). ``nodes_to_exclude``:
+    names of nodes of the pre-processed graph (see ``quantizable_nodes``) left in fp32."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -62,10 +64,61 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, calib: np
         out = Path(tmp) / "int8.onnx"
         quantize_static(str(pre), str(out), _Calibration(name, calib), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=act, weight_type=QuantType.QInt8,
-                        calibrate_method=method)
+                        calibrate_method=method, nodes_to_exclude=list(nodes_to_exclude or []))
         int8_path.parent.mkdir(parents=True, exist_ok=True)
         out.replace(int8_path)
     return int8_path
+
+
+SENSITIVE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+
+
+def quantizable_nodes(fp32_path: str | Path) -> list[str]:
+    """Names of the weight-carrying nodes (Conv, Gemm, MatMul) of the graph static quantization works on, in order."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        graph = onnx.load(str(pre)).graph
+    return [n.name for n in graph.node if n.op_type in SENSITIVE_OPS and n.name]
+
+
+def quantize_with_parity(fp32_path: str | Path, int8_path: str | Path, calib: np.ndarray, check: np.ndarray, *,
+                         target: float = 0.99, keep_fp32: str | list[str] = "auto", **options) -> tuple[Path, dict]:
+    """Static int8 that agrees with its fp32 model on at least ``target`` of the ``check`` inputs' predictions.
+
+    Quantizes every layer first. If agreement falls short and ``keep_fp32`` is ``"auto"``, each weight layer's
+    sensitivity is measured (agreement with only that layer kept in fp32), and layers are kept in fp32 in order of
+    sensitivity until the target is met (or all are). A list keeps exactly those nodes in fp32. Returns the path and
+    {agreement, target, checked_on, kept_fp32, tried} for the report.
+    """
+    from ..deploy.onnx import ort_predict, ort_session
+    from ..measure import agreement
+
+    ref = ort_predict(ort_session(fp32_path), check).argmax(1)
+
+    def attempt(exclude: list[str]) -> float:
+        quantize_onnx_static(fp32_path, int8_path, calib, nodes_to_exclude=exclude, **options)
+        return agreement(ort_predict(ort_session(int8_path), check).argmax(1), ref)
+
+    kept = list(keep_fp32) if isinstance(keep_fp32, (list, tuple)) else []
+    agree, tried = attempt(kept), 1
+    if agree < target and keep_fp32 == "auto":
+        nodes = quantizable_nodes(fp32_path)
+        gains = {}
+        for node in nodes:
+            gains[node] = attempt([node])
+            tried += 1
+        for node in sorted(nodes, key=lambda n: -gains[n]):
+            kept.append(node)
+            agree = attempt(kept)
+            tried += 1
+            if agree >= target:
+                break
+    return Path(int8_path), {"agreement": float(agree), "target": target, "checked_on": int(len(check)),
+                             "kept_fp32": kept, "tried": tried, "calibration_samples": int(len(calib))}
 
 
 def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *, op_types: tuple[str, ...] | None = ("MatMul",),

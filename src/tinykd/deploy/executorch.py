@@ -79,12 +79,17 @@ def _quiet():
     return quiet(("torch.export", "torch._dynamo", "executorch"))
 
 
-def pte_latency(path: str | Path, in_shape: tuple[int, ...], *, warmup: int, repeats: int) -> dict:
-    """{"b1": {median_ms, p90_ms, repeats}}: one ExecuTorch method call at batch 1 (the exported shape)."""
-    from ..measure.latency import time_calls
-
+def pte_timer(path: str | Path, in_shape: tuple[int, ...]):
+    """One ExecuTorch method call at batch 1 (the exported shape), as a call for the latency harness."""
     runtime = _import("executorch.runtime", "running an ExecuTorch program")
     program = runtime.Runtime.get().load_program(str(path), verification=runtime.Verification.Minimal)
     fn = program.load_method("forward")
     x = torch.randn(1, *in_shape)
-    return {"b1": time_calls(lambda: fn.execute([x]), warmup=warmup, repeats=repeats)}
+    return lambda: fn.execute([x])
+
+
+def pte_latency(path: str | Path, in_shape: tuple[int, ...], *, warmup: int, repeats: int) -> dict:
+    """{"b1": {median_ms, p90_ms, repeats}} of ``pte_timer``, timed by the same harness as PyTorch and ORT."""
+    from ..measure.latency import time_calls
+
+    return {"b1": time_calls(pte_timer(path, in_shape), warmup=warmup, repeats=repeats)}

@@ -149,11 +149,9 @@ def _quiet():
                  {"LITERT_TORCH_SHOW_PROGRESS": "n"})
 
 
-def tflite_latency(path: str | Path, *, warmup: int, repeats: int, threads: int = 1) -> dict:
-    """{"b1": {median_ms, p90_ms, repeats}}: one interpreter invoke (set input, invoke, read output) at batch 1,
-    the shape the model was exported with, timed by the same harness as PyTorch and ONNX Runtime."""
-    from ..measure.latency import time_calls
-
+def tflite_timer(path: str | Path, *, threads: int = 1):
+    """One interpreter invoke at batch 1 (set input, invoke, read output), the shape the model was exported with,
+    as a call for the latency harness."""
     interpreter_mod = _import("ai_edge_litert.interpreter", "running a TFLite model")
     interp = interpreter_mod.Interpreter(model_path=str(path), num_threads=threads)
     interp.allocate_tensors()
@@ -164,4 +162,11 @@ def tflite_latency(path: str | Path, *, warmup: int, repeats: int, threads: int 
         interp.set_tensor(inp["index"], x)
         interp.invoke()
         return interp.get_tensor(out["index"])
-    return {"b1": time_calls(call, warmup=warmup, repeats=repeats)}
+    return call
+
+
+def tflite_latency(path: str | Path, *, warmup: int, repeats: int, threads: int = 1) -> dict:
+    """{"b1": {median_ms, p90_ms, repeats}} of ``tflite_timer``, timed by the same harness as PyTorch and ORT."""
+    from ..measure.latency import time_calls
+
+    return {"b1": time_calls(tflite_timer(path, threads=threads), warmup=warmup, repeats=repeats)}
