@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .errors import TinyKDError
+from .errors import TinyKDError, TrainingError
 
 def cmd_run(args, console: Console) -> int:
     from .pipeline import resume_recipe, run
@@ -16,10 +16,15 @@ def cmd_run(args, console: Console) -> int:
     stage_console = Console(quiet=True) if args.quiet else console
 
     if args.resume:
-        if args.recipe or args.overrides:
-            raise TinyKDError("--resume takes only the run directory", "drop the recipe and overrides: the run's saved recipe is used")
-        recipe = resume_recipe(args.resume)
+        changes = ([args.recipe] if args.recipe else []) + list(args.overrides)
+        if any("=" not in c for c in changes):
+            raise TinyKDError("--resume takes the run directory and, optionally, changed settings (key=value)",
+                              "drop the recipe: the run's saved recipe is used; a learning rate may change, e.g. "
+                              f"tinykd run --resume {args.resume} student.train.lr=0.001")
+        recipe = resume_recipe(args.resume, changes)
         result = run(recipe, run_dir=args.resume, resume=True, console=stage_console, progress=not args.quiet)
+        if result.complete and args.quiet:
+            console.print(f"run {result.run_dir} is already complete: nothing was re-run or overwritten")
     else:
         recipe = new_run_recipe(args)
         unfinished = unfinished_run(recipe)
@@ -44,7 +49,12 @@ def new_run_recipe(args):
         overrides.insert(0, source)  # `tinykd run a.b=c` overrides the default recipe
         source = None
     recipe = load_recipe(source or default_recipe_path(), overrides)
-    if args.name:
+    if args.name is not None:
+        from .recipe import check_run_name
+        try:
+            check_run_name(args.name)
+        except ValueError as exc:
+            raise TinyKDError(f"--name {args.name!r}: {exc}", "give a name without '/', e.g. --name mnist-lr3") from None
         recipe.name = args.name
     return recipe
 
@@ -99,11 +109,27 @@ def print_summary(metrics: dict, console: Console) -> None:
     """The summary table of a run and, when measured, the final student's factors against the teacher."""
     table = summary_table(metrics, console.width)
     console.print(table)
-    ratios = metrics.get("ratios", {})
-    if ratios.get("size_reduction"):
-        console.print(f"{ratios.get('compared', 'student vs teacher')}: {ratios['size_reduction']:.1f}× smaller file, "
-                      f"{ratios['macs_reduction']:.1f}× fewer MACs, {ratios['speedup_b1']:.1f}× lower batch-1 latency, "
-                      f"{100 * ratios['accuracy_retention']:.1f}% of the teacher's accuracy")
+    ratios = metrics.get("ratios") or {}
+
+    def times(x):
+        return "—" if x is None else f"{x:.1f}×"
+    if ratios:
+        retention = ratios.get("accuracy_retention")
+        console.print(f"{ratios.get('compared', 'student vs teacher')}: {times(ratios.get('size_reduction'))} smaller "
+                      f"file, {times(ratios.get('macs_reduction'))} fewer MACs, {times(ratios.get('speedup_b1'))} lower "
+                      "batch-1 latency (each in its fastest runtime), "
+                      f"{'—' if retention is None else f'{100 * retention:.1f}%'} of the teacher's accuracy")
+    speedups = metrics.get("speedups") or {}
+    lines = [f"  {v['what']}: {times(v.get('b1'))}" for v in speedups.values() if isinstance(v, dict)]
+    if lines:
+        console.print("batch-1 speed-ups:\n" + "\n".join(lines))
+    deploy = metrics.get("deploy") or {}
+    if deploy.get("artifact"):
+        console.print(f"deploy: {deploy['artifact']} ({deploy['runtime']}) — {deploy['rule']}")
+    noisy = (metrics.get("latency_quality") or {}).get("noisy") or []
+    if noisy:
+        console.print(f"[yellow]latency: {len(noisy)} noisy timing(s): the machine was busy; rerun before trusting "
+                      "the speed-ups[/]")
 
 
 def cmd_layers(args, console: Console) -> int:
@@ -259,9 +285,19 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, console)
     except TinyKDError as err:
         print(f"error: {err}", file=sys.stderr)
+        run_dir = getattr(err, "run_dir", None)
+        if run_dir is not None:
+            print(f"the run folder {run_dir} is kept, marked failed in its status.json; once fixed, continue it with "
+                  f"`tinykd run --resume {run_dir}`", file=sys.stderr)
+            if isinstance(err, TrainingError):
+                print("(resume may change a learning rate or gradient clip of a stage still training, e.g. "
+                      f"`tinykd run --resume {run_dir} student.train.lr=0.001 student.train.grad_clip=1`)",
+                      file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: continue with `tinykd run --resume RUN_DIR`", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        run_dir = getattr(err, "run_dir", None)
+        print("\ninterrupted" + (f": continue with `tinykd run --resume {run_dir}`" if run_dir else ""),
+              file=sys.stderr)
         return 130
 
 

@@ -38,6 +38,11 @@ class TrainingError(TinyKDError):
     """Training diverged (NaN/inf loss) or cannot continue."""
 
 
+class StorageError(TinyKDError):
+    """A file of the run could not be written or its folder made: a full disk, missing permissions, a file where a
+    folder should be."""
+
+
 def closest(name: str, options: Iterable[str]) -> str | None:
     """The closest valid option to a misspelt ``name``, or None when nothing is close."""
     options = list(options)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import errno
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +14,40 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, StorageError
+
+
+def storage_error(path: Path, exc: BaseException) -> StorageError:
+    """A StorageError for a failed write of ``path``: what the system said, and what to free or fix."""
+    code = getattr(exc, "errno", None)
+    reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200] or type(exc).__name__
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space" in reason or isinstance(exc, SafetensorError) and "space" in str(exc):
+        fix = f"free disk space on the drive of {path.parent} (or raise the quota), then resume the run"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission" in reason or "Read-only" in reason:
+        fix = f"make {path.parent} writable (e.g. chmod -R u+w on the run folder), then resume the run"
+    elif code == errno.EFBIG or "too large" in reason:
+        fix = "raise the file-size limit (ulimit -f) or free space, then resume the run"
+    else:
+        fix = f"check that {path.parent} is a writable folder with free space, then resume the run"
+    return StorageError(f"could not write '{path}' ({reason})", fix)
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` via a temporary file and rename, so readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts should be readable like any written file
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise storage_error(path, exc) from None
         raise
     return path
 
@@ -48,10 +69,23 @@ def _jsonable(o):
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Save a flat dict of tensors as safetensors, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:
+        with _ignored_os_errors():
+            tmp.unlink(missing_ok=True)  # the previous checkpoint at ``path`` is untouched
+        raise storage_error(path, exc) from None
+
+
+class _ignored_os_errors:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        return kind is not None and issubclass(kind, OSError)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -77,20 +111,52 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_tensors(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about old pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        if not any("GLOBAL" in line for line in detail) and not _pickle_like(path):  # broken bytes, not objects
+            raise _unreadable(path, exc, detail[-1] if detail else None) from None
         raise CheckpointError(
             f"refused to load '{path}': it contains Python objects beyond tensors, and unpickling them could run code "
-            f"({str(exc).splitlines()[0][:160]})",
+            f"({detail[0][:160]})",
             "save only the weights (torch.save(model.state_dict(), f)) or convert to .safetensors") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"checkpoint '{path}' could not be read ({exc})", "re-save the weights") from None
+    except Exception as exc:  # noqa: BLE001  (random bytes make the weights-only unpickler raise anything)
+        raise _unreadable(path, exc) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint '{path}' does not hold a state dict of tensors",
                               "save it with torch.save(model.state_dict(), path)")
     return obj
+
+
+def _pickle_like(path: Path) -> bool:
+    """Whether ``path`` starts like a pickle (protocol 2+ header, or a protocol 0/1 opcode) or a torch zip."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or head[:1] in (
+        b"c", b"(", b"}", b"]") or head == b"PK"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0][:160] if lines else "") or type(exc).__name__
+
+
+def _unreadable(path: Path, exc: BaseException, detail: str | None = None) -> CheckpointError:
+    detail = detail or f"{type(exc).__name__}: {_first_line(exc)}"
+    return CheckpointError(f"checkpoint '{path}' is not a readable PyTorch weights file ({detail[:160]})",
+                           "pass the file torch.save(model.state_dict(), path) wrote, or a .safetensors file")
+
+
+def check_finite(state: dict[str, torch.Tensor], *, source: str) -> None:
+    """A CheckpointError when a floating-point tensor of ``state`` holds NaN or infinity."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source} holds NaN/inf values in {len(bad)} of {len(state)} tensors (e.g. '{bad[0]}')",
+                              "use weights from a run that did not diverge (retrain, or take an earlier checkpoint)")
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

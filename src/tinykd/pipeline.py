@@ -12,7 +12,11 @@ import copy
 import csv
 import datetime as dt
 import io
+import itertools
+import os
 import platform
+import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,20 +28,24 @@ from torch import nn
 
 from . import __version__
 from .compress.quantize import (calibration_subset, convert_onnx_fp16, quantize_onnx_dynamic,
-                                quantize_onnx_static)
+                                quantize_onnx_static, quantize_with_parity)
 from .data import load_dataset
 from .data.spec import DataBundle
 from .deploy.onnx import export_onnx, ort_predict, ort_session
+from .deploy.preprocess import (attach_metadata, preprocess_spec, raw_inputs, with_preprocessing,
+                                write_preprocess_json)
 from .distill.losses import build_loss
 from .distill.trainer import Trainer, describe_device, resolve_device
-from .errors import RecipeError, TinyKDError
+from .errors import CheckpointError, DataError, RecipeError, StorageError, TinyKDError
 from .inference import module_device, predict_logits
 from .compress.prune import DEFAULT_LOSSES, finetune, iterative_prune
-from .io import atomic_write, load_state_dict, load_weights, read_json, write_json
-from .measure import (agreement, classification_metrics, count_macs, count_params, file_bytes, ort_latency,
-                      torch_latency)
+from .io import (atomic_write, check_finite, load_state_dict, load_weights, read_json, storage_error,
+                 write_json)
+from .measure import (agreement, classification_metrics, count_macs, count_params, file_bytes,
+                      interleaved_latency, ort_timers, torch_timers)
 from .models import create_model
 from .recipe import PruneConfig, Recipe, TrainConfig, load_recipe
+from .threads import available_cores, resolve_threads
 
 CLAIMS = {"accuracy_retention": [0.90, 0.97], "size_reduction_pct": [50, 70], "speedup": [2, 5]}
 LABELS = {"teacher": "Teacher (fp32)", "student_scratch": "Student from scratch (fp32)",
@@ -57,6 +65,7 @@ class RunResult:
     metrics: dict
     history: list[dict] = field(default_factory=list)
     models: dict[str, nn.Module] = field(default_factory=dict)
+    complete: bool = False  # a resumed run that had finished before: stored results, nothing re-run
 
     @property
     def report(self) -> Path:
@@ -73,48 +82,312 @@ def new_run_dir(recipe: Recipe) -> Path:
     return candidate
 
 
-def resume_recipe(run_dir: str | Path) -> Recipe:
-    """The recipe saved in an earlier run directory, to continue that run."""
+def output_root(recipe: Recipe) -> Path:
+    """``output_dir``, created when missing; a RecipeError naming ``output_dir`` when it cannot hold run folders."""
+    given = recipe.output_dir
+    root = Path(given).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RecipeError(f"'{given}' (or a folder above it) is a file, not a folder",
+                          "set output_dir to a folder, e.g. output_dir=runs", where="output_dir") from None
+    except OSError as exc:
+        raise RecipeError(f"cannot create the folder '{given}' ({exc.strerror or exc})",
+                          "set output_dir to a folder you can write, e.g. output_dir=runs", where="output_dir") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise RecipeError(f"no permission to write in '{given}'",
+                          "set output_dir to a folder you can write, or change its permissions", where="output_dir")
+    return root
+
+
+def claim_run_dir(recipe: Recipe) -> Path:
+    """A new, empty run folder ``<output_dir>/<name>``, or ``<name>-2``, ``-3``... when taken, claimed atomically:
+    ``mkdir`` without ``exist_ok`` succeeds for exactly one of several runs started at once with one name."""
+    root = output_root(recipe)
+    for n in itertools.count(1):
+        candidate = root / (recipe.name if n == 1 else f"{recipe.name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise RecipeError(f"cannot create the run folder '{candidate}' ({exc.strerror or exc})",
+                              "set output_dir to a folder you can write", where="output_dir") from None
+        return candidate
+    raise AssertionError("unreachable")
+
+
+STATUS = "status.json"  # {"status": "running" | "complete" | "failed" | "interrupted", "error": ..., ...}
+# What `tinykd run --resume DIR key=value` may change: settings that steer the stages still to run and change no
+# model that exists (see README, Errors). The new values go into the run's recipe.yaml; status.json lists them.
+RESUME_KEYS = re.compile(r"(teacher|student|distill\.teachers\.\d+)\.train\.(lr|grad_clip)|measure\.\w+|report\.enabled")
+
+
+def run_status(run_dir: str | Path) -> dict:
+    """What ``status.json`` says of a run folder; a folder from before status.json counts as complete when it has
+    metrics.json, as ``unknown`` otherwise."""
     run_dir = Path(run_dir)
+    path = run_dir / STATUS
+    if path.is_file():
+        with contextlib.suppress(TinyKDError):
+            status = read_json(path)
+            if isinstance(status, dict) and isinstance(status.get("status"), str):
+                return status
+    return {"status": "complete" if (run_dir / "metrics.json").is_file() else "unknown"}
+
+
+def _set_status(run_dir: Path, status: str, **facts) -> None:
+    """Record the run's state in status.json, keeping its earlier facts. Best effort: a disk that cannot take the
+    file must not hide the error being recorded."""
+    path = run_dir / STATUS
+    old = run_status(run_dir) if path.is_file() else {}
+    old.pop("error", None)
+    old.update({"status": status, "updated": dt.datetime.now().isoformat(timespec="seconds"), **facts})
+    with contextlib.suppress(TinyKDError, OSError):
+        write_json(path, old)
+
+
+def resume_recipe(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """The recipe saved in an earlier run directory, to continue that run; ``overrides`` may change the settings
+    of RESUME_KEYS (``run`` checks them against the saved recipe)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RecipeError(f"cannot resume: the run folder '{run_dir}' does not exist",
+                          "pass the folder an earlier run printed, e.g. runs/default (see `ls runs/`)", where="--resume")
     saved = run_dir / "recipe.yaml"
     if not saved.is_file():
         raise RecipeError(f"'{run_dir}' is not a tinykd run directory (no recipe.yaml in it)",
                           "pass the folder printed by the interrupted run, e.g. runs/default")
-    recipe = load_recipe(saved)
+    recipe = load_recipe(saved, overrides)
     base = (run_dir / "base_dir.txt")
     recipe.base_dir = base.read_text().strip() if base.is_file() else None
     return recipe
 
 
+def _flat(data, prefix: str = "") -> dict[str, object]:
+    """A recipe dump as {dotted key: value}; list items by index."""
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list) and data and all(isinstance(v, (dict, list)) for v in data):
+        items = ((str(i), v) for i, v in enumerate(data))
+    else:
+        return {prefix: data}
+    out: dict[str, object] = {}
+    for k, v in items:
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+# the run folder of each model a RESUME_KEYS training setting steers
+_STAGE_OF = {"teacher": "teacher", "student": "student"}
+
+
+def _resume_changes(recipe: Recipe, run_dir: Path) -> list[str]:
+    """The settings ``recipe`` changes against the run's saved recipe.yaml, as ``key=value``; a RecipeError for a
+    change that resume cannot honour (a setting outside RESUME_KEYS, or one of a stage that has finished)."""
+    saved = load_recipe(run_dir / "recipe.yaml")
+    before, after = _flat(saved.model_dump(mode="json")), _flat(recipe.model_dump(mode="json"))
+    changed = sorted(k for k in set(before) | set(after) if before.get(k, None) != after.get(k, None))
+    bad = [k for k in changed if not RESUME_KEYS.fullmatch(k)]
+    if bad:
+        raise RecipeError(f"a resumed run cannot change {', '.join(bad)}: the run's models and data were made with the "
+                          "saved values", "resume may change only train.lr and train.grad_clip of a stage still "
+                          "training, measure.* and report.enabled; for anything else start a new run",
+                          where="--resume")
+    for key in changed:
+        head = key.split(".train.")[0]
+        stage = _STAGE_OF.get(head) or (f"teacher_{int(head.rsplit('.', 1)[1]) + 2}" if ".train." in key else None)
+        state = run_dir / stage / "last.json" if stage else None
+        if state is not None and state.is_file() and (read_json(state) or {}).get("finished") is True:
+            raise RecipeError(f"a resumed run cannot change {key}: {stage} has finished training",
+                              "start a new run for a different setting (a trained teacher can be reused: "
+                              f"teacher.checkpoint={run_dir / 'teacher' / 'best.safetensors'})", where="--resume")
+    return [f"{k}={after.get(k)}" for k in changed]
+
+
+def _resumable(run_dir: str | Path | None, recipe: Recipe) -> tuple[Path, list[str]]:
+    """The run folder to continue and the settings changed on resume, after checking that it is a run folder that
+    can be written and that the changes are allowed."""
+    if run_dir is None or not Path(run_dir).is_dir():
+        raise RecipeError(f"cannot resume: the run folder '{run_dir}' does not exist",
+                          "pass an existing runs/<name> folder", where="--resume")
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise RecipeError(f"'{run_dir}' is not a tinykd run directory (no recipe.yaml in it)",
+                          "pass the folder printed by the interrupted run, e.g. runs/default", where="--resume")
+    changes = _resume_changes(recipe, run_dir)
+    if run_status(run_dir)["status"] != "complete":
+        try:
+            with tempfile.TemporaryFile(dir=run_dir):
+                pass
+        except OSError as exc:
+            raise StorageError(f"cannot resume '{run_dir}': the folder is not writable ({exc.strerror or exc})",
+                               f"a resumed run writes its checkpoints there: make it writable (chmod -R u+w {run_dir}), "
+                               "or copy it and resume the copy") from None
+    return run_dir, changes
+
+
+def _complete(run_dir: Path, changes: list[str], console: Console) -> RunResult:
+    """A resumed run that had already finished: its stored results, re-run and overwritten never."""
+    if changes:
+        raise RecipeError(f"run '{run_dir}' is complete; {', '.join(changes)} would need new results",
+                          "start a new run with that setting (results of a finished run are never overwritten)",
+                          where="--resume")
+    if not (run_dir / "metrics.json").is_file():
+        raise CheckpointError(f"run '{run_dir}' is marked complete but has no metrics.json",
+                              f"delete {run_dir / STATUS} to resume the run and measure it again")
+    console.print(f"run {run_dir} is already complete: nothing was re-run or overwritten")
+    return RunResult(run_dir, read_json(run_dir / "metrics.json"), complete=True)
+
+
+def preflight(recipe: Recipe, bundle: DataBundle, *, teacher: nn.Module | None = None,
+              student: nn.Module | None = None, console: Console | None = None) -> None:
+    """Check everything a recipe can get wrong before the run folder is made or anything trains: every model
+    builds (teacher, student, extra teachers, assistants, peers), every checkpoint loads (finite weights of the
+    model's architecture), every loss term builds and its layer paths exist, the transfer set is a known dataset
+    whose files exist, and the int8 student fits ``deploy.target_board``. The global RNG is left as it was."""
+    spec, d = bundle.spec, recipe.distill
+    console = console or Console(quiet=True)
+    with torch.random.fork_rng(devices=[]):
+        t_model = teacher if teacher is not None else _create(recipe.teacher.model, recipe.teacher.kwargs, spec,
+                                                              "teacher", recipe.seed)
+        if recipe.teacher.checkpoint:
+            _load_checkpoint(t_model, recipe.teacher.checkpoint, "teacher", recipe)
+        s_model = _fresh_student(recipe, spec, student)
+        for i, cfg in enumerate(d.teachers):
+            model = _create(cfg.model, cfg.kwargs, spec, f"distill.teachers[{i}]", recipe.seed)
+            if cfg.checkpoint:
+                _load_checkpoint(model, cfg.checkpoint, f"distill.teachers[{i}]", recipe)
+        for field_name, configs in (("assistants", d.assistants), ("peers", d.peers)):
+            for i, cfg in enumerate(configs):
+                _create(cfg.model, cfg.kwargs, spec, f"distill.{field_name}[{i}]", recipe.seed)
+        _check_layer_paths(recipe, _terms(recipe), s_model, t_model)
+        if d.transfer is not None:
+            _check_transfer(recipe)
+        if recipe.deploy.target_board is not None:
+            _precheck_fit(recipe, s_model, bundle, console)
+
+
+def _check_layer_paths(recipe: Recipe, terms: list, student: nn.Module, teacher: nn.Module) -> None:
+    """Every module path a loss term names exists in the model it reads (online peers are checked in training)."""
+    from .distill.capture import resolve_module
+
+    scheme = recipe.distill.scheme
+    if scheme == "online":
+        return
+    for i, (_, term) in enumerate(terms):
+        checks = [(student, term.student_paths, "student")]
+        if scheme == "offline":  # other schemes' teachers are ensembles or chains with their own paths
+            checks.append((teacher, term.teacher_paths, "teacher"))
+        for model, paths, role in checks:
+            for path in paths:
+                try:
+                    resolve_module(model, path, role=role)
+                except TinyKDError as err:
+                    raise RecipeError(err.what, err.fix, where=f"distill.losses[{i}]") from None
+
+
+def _check_transfer(recipe: Recipe) -> None:
+    """distill.transfer names a registered dataset with valid options, and its files exist."""
+    from .data.loader import resolve_path
+    from .data.registry import check_options, get_dataset
+
+    t = recipe.distill.transfer
+    try:
+        entry = get_dataset(t.name)
+        check_options(entry, t.options)
+        if entry.needs_path and t.path is None:
+            raise DataError(f"dataset '{t.name}' needs a path to its files", "set distill.transfer.path")
+        if not entry.needs_path and t.path is not None:
+            raise DataError(f"dataset '{t.name}' is bundled and takes no path", "remove distill.transfer.path")
+        if t.path is not None:
+            resolve_path(t.path, recipe.base_dir)
+    except TinyKDError as err:
+        raise type(err)(err.what, err.fix, where="distill.transfer") from None
+
+
+def _load_checkpoint(model: nn.Module, checkpoint: str, where: str, recipe: Recipe) -> Path:
+    """Load ``checkpoint`` (a recipe's ``<where>.checkpoint``) into ``model``: the architecture must match and every
+    weight be finite (a NaN teacher would otherwise surface as a diverging student)."""
+    path = _resolve(checkpoint, recipe.base_dir, f"{where}.checkpoint")
+    try:
+        state = load_state_dict(path)
+        load_weights(model, state, source=str(path))
+        check_finite(state, source=f"checkpoint '{path}'")
+    except TinyKDError as err:
+        raise type(err)(err.what, err.fix, where=f"{where}.checkpoint") from None
+    return path
+
+
 def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = False, data: DataBundle | None = None,
         teacher: nn.Module | None = None, student: nn.Module | None = None, console: Console | None = None,
         progress: bool = True) -> RunResult:
-    """Run every stage of ``recipe``. Custom ``data``, ``teacher`` or ``student`` modules replace the recipe's."""
+    """Run every stage of ``recipe``. Custom ``data``, ``teacher`` or ``student`` modules replace the recipe's.
+
+    Everything checkable is checked (``preflight``) before the run folder is claimed. The folder's status.json
+    says whether the run is running, complete, failed (with the error) or interrupted; a resumed complete run
+    returns its stored results and re-runs nothing. An exception raised after the folder exists carries it as
+    ``err.run_dir``."""
     console = console or Console(quiet=not progress)
+    t_start = time.perf_counter()
     for cfg in (recipe.teacher.train, recipe.student.train):
         resolve_device(cfg.device)  # a GPU asked for on a machine without one fails before anything is written
+    changes: list[str] = []
     if resume:
-        if run_dir is None or not Path(run_dir).is_dir():
-            raise RecipeError(f"cannot resume: run directory '{run_dir}' does not exist", "pass an existing runs/<name> folder")
-        run_dir = Path(run_dir)
-    else:
-        run_dir = Path(run_dir) if run_dir else new_run_dir(recipe)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise RecipeError(f"run directory '{run_dir}' already exists and is not empty",
-                              f"use `tinykd run --resume {run_dir}` to continue it, or choose another name")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "recipe.yaml", recipe.to_yaml())
-        if recipe.base_dir:
-            atomic_write(run_dir / "base_dir.txt", recipe.base_dir)
-    console.print(f"[bold]tinykd[/] run [cyan]{recipe.name}[/] → {run_dir}")
-    t_start = time.perf_counter()
-    torch.manual_seed(recipe.seed)
-
+        run_dir, changes = _resumable(run_dir, recipe)
+        if run_status(run_dir)["status"] == "complete":
+            return _complete(run_dir, changes, console)
+    elif run_dir is None:
+        output_root(recipe)
     bundle = data or _load_data(recipe, console)
+    preflight(recipe, bundle, teacher=teacher, student=student, console=console)
+    if resume:
+        if changes:
+            atomic_write(run_dir / "recipe.yaml", recipe.to_yaml())
+            console.print(f"[yellow]resuming with {', '.join(changes)}[/]")
+    else:
+        run_dir = claim_run_dir(recipe) if run_dir is None else _given_run_dir(Path(run_dir))
+        try:
+            atomic_write(run_dir / "recipe.yaml", recipe.to_yaml())
+            if recipe.base_dir:
+                atomic_write(run_dir / "base_dir.txt", recipe.base_dir)
+        except TinyKDError as err:
+            err.run_dir = run_dir
+            raise
+    status = run_status(run_dir) if resume else {}
+    _set_status(run_dir, "running", **({"resumed_with": status.get("resumed_with", []) + changes} if changes else {}))
+    console.print(f"[bold]tinykd[/] run [cyan]{recipe.name}[/] → {run_dir}")
+    try:
+        result = _stages(recipe, run_dir, bundle, teacher, student, console, progress, t_start)
+    except BaseException as err:
+        interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+        _set_status(run_dir, "interrupted" if interrupted else "failed",
+                    **({} if interrupted else {"error": str(err) or type(err).__name__}))
+        with contextlib.suppress(AttributeError, TypeError):
+            err.run_dir = run_dir
+        raise
+    _set_status(run_dir, "complete")
+    return result
+
+
+def _given_run_dir(run_dir: Path) -> Path:
+    """A run folder chosen by the caller (``run(run_dir=...)``): made when missing, refused when it holds anything."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise RecipeError(f"run directory '{run_dir}' already exists and is not empty",
+                          f"use `tinykd run --resume {run_dir}` to continue it, or choose another name")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(run_dir / STATUS, exc) from None
+    return run_dir
+
+
+def _stages(recipe: Recipe, run_dir: Path, bundle: DataBundle, teacher: nn.Module | None, student: nn.Module | None,
+            console: Console, progress: bool, t_start: float) -> RunResult:
+    """Every stage of the run, in order, in ``run_dir``."""
+    torch.manual_seed(recipe.seed)
     spec = bundle.spec
     histories: list[dict] = []
-    if recipe.deploy.target_board is not None:
-        _precheck_fit(recipe, _fresh_student(recipe, spec, student), bundle, console)
     emissions: dict[str, dict] = {}
     terms = _terms(recipe)  # built (and checked against the scheme) before any training
 
@@ -160,11 +433,13 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
 
     qat_model = _compress_student(recipe, distilled, distill_teacher, bundle, run_dir, models, compression,
                                   tracked, console, progress)
-    artifacts = _export(recipe, models, bundle, run_dir, console, qat_model,
-                        calib=scheme.calibration(recipe.quantize.calibration_samples))
-    metrics = _measure(recipe, models, artifacts, bundle, run_dir, console)
+    artifacts, quantization = _export(recipe, models, bundle, run_dir, console, qat_model,
+                                      calib=scheme.calibration(recipe.quantize.calibration_samples))
+    metrics = _measure(recipe, models, artifacts, bundle, run_dir, console, quantization)
     metrics["run"].update({"helper_params": helper_params, "seconds": round(time.perf_counter() - t_start, 1)})
     metrics["scheme"] = scheme_facts
+    metrics["health"] = {"dead_units": {r["model"]: {"epoch": r["epoch"], "warning": r["dead_units"]}
+                                        for r in histories if r.get("dead_units")}}
     if compression:
         metrics["compression"] = compression
     if emissions:
@@ -185,8 +460,7 @@ def _train_or_load(model: nn.Module, cfg, label: str, where: str, recipe: Recipe
     ``where``: the recipe field of ``cfg``, for error messages."""
     history: list[dict] = []
     if cfg.checkpoint:
-        path = _resolve(cfg.checkpoint, recipe.base_dir, f"{where}.checkpoint")
-        load_weights(model, load_state_dict(path), source=str(path))
+        path = _load_checkpoint(model, cfg.checkpoint, where, recipe)
         console.print(f"{label}: loaded weights from {path}")
     else:
         with tracked(label):
@@ -430,9 +704,11 @@ def _precheck_fit(recipe: Recipe, student: nn.Module, bundle: DataBundle, consol
         raise type(err)(err.what, err.fix, where="deploy.target_board") from None
     shape = tuple(bundle.spec.shape)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(copy.deepcopy(student), shape, Path(tmp) / "student.onnx", opset=recipe.export.opset)
+        norm = bundle.info.get("normalize")
+        fp32 = export_onnx(with_preprocessing(copy.deepcopy(student), norm), shape, Path(tmp) / "student.onnx",
+                           opset=recipe.export.opset)
         q = recipe.quantize
-        int8 = quantize_onnx_static(fp32, Path(tmp) / "student.int8.onnx", bundle.train.x[:16].numpy(),
+        int8 = quantize_onnx_static(fp32, Path(tmp) / "student.int8.onnx", raw_inputs(bundle.train.x[:16], norm),
                                     per_channel=q.per_channel, activation_type=q.activation_type)
         flash = file_bytes(int8 if q.enabled else fp32)
         sram = peak_activation_memory(fp32, activation_bytes=1).peak_bytes
@@ -595,54 +871,88 @@ STUDENT_FAMILY = ("student", "student_pruned", "student_lowrank")  # fp32 studen
 
 
 def _export(recipe: Recipe, models: dict, bundle: DataBundle, run_dir: Path, console: Console,
-            qat_model: nn.Module | None = None, calib: np.ndarray | None = None) -> dict[str, Path]:
+            qat_model: nn.Module | None = None, calib: np.ndarray | None = None) -> tuple[dict[str, Path], dict]:
     """Every artifact of the run under ``artifacts/``: ONNX fp32 of each model, ONNX int8 (static QDQ) of each
     student, and the optional fp16 / dynamic-int8 / QAT / TFLite / ExecuTorch / C-array artifacts. ``calib``:
-    int8 calibration inputs (default: a class-balanced subset of the training split)."""
+    int8 calibration inputs, standardised like the training split (default: a class-balanced training subset).
+
+    Every artifact starts with the input standardisation (``deploy.preprocess``): it takes raw inputs. The ONNX
+    files carry the preprocessing in ``metadata_props`` and ``artifacts/preprocess.json`` states it too.
+    Returns the artifacts and, per int8 artifact, how its quantization went (parity, nodes kept in fp32).
+    """
     shape = tuple(bundle.spec.shape)
     art = run_dir / "artifacts"
     out: dict[str, Path] = {}
     q, d = recipe.quantize, recipe.deploy
+    norm = bundle.info.get("normalize")
     if calib is None:
         calib = calibration_subset(bundle.train.x, bundle.train.y, q.calibration_samples, recipe.seed)
+    calib = raw_inputs(calib, norm)
+    check = _parity_split(bundle, recipe.seed)
+    quant_facts: dict[str, dict] = {}
     with console.status("exporting to ONNX") as status:
         for name, model in models.items():
             status.update(f"exporting {name} to ONNX")
-            out[name] = export_onnx(model, shape, art / f"{name}.onnx", opset=recipe.export.opset)
+            out[name] = export_onnx(with_preprocessing(model, norm), shape, art / f"{name}.onnx",
+                                    opset=recipe.export.opset)
         if q.enabled:
             for name in (n for n in STUDENT_FAMILY if n in models):
                 status.update(f"int8 static quantization of {name} (ONNX Runtime, QDQ)")
-                out[f"{name}_int8"] = quantize_onnx_static(out[name], art / f"{name}.int8.onnx", calib,
-                                                           per_channel=q.per_channel, activation_type=q.activation_type,
-                                                           calibrate_method=q.calibrate_method)
+                out[f"{name}_int8"], quant_facts[f"{name}_int8"] = quantize_with_parity(
+                    out[name], art / f"{name}.int8.onnx", calib, check, per_channel=q.per_channel,
+                    activation_type=q.activation_type, calibrate_method=q.calibrate_method,
+                    target=q.parity_target, keep_fp32=q.keep_fp32)
         if qat_model is not None:
             status.update("exporting the QAT-with-KD student (int8 QDQ ONNX)")
-            out["student_qat"] = export_onnx(qat_model, shape, art / "student_qat.int8.onnx", opset=recipe.export.opset)
+            out["student_qat"] = export_onnx(with_preprocessing(qat_model, norm), shape, art / "student_qat.int8.onnx",
+                                             opset=recipe.export.opset)
         if d.fp16:
             status.update("fp16 student (ONNX)")
             out["student_fp16"] = convert_onnx_fp16(out["student"], art / "student.fp16.onnx")
         if d.dynamic_int8:
             status.update("dynamic int8 student (ONNX Runtime)")
             out["student_dynamic_int8"] = quantize_onnx_dynamic(out["student"], art / "student.dynamic_int8.onnx")
+        deployable = with_preprocessing(models["student"], norm)
         if d.tflite:
             from .deploy.tflite import export_tflite
 
             status.update("TFLite fp32 and int8 students (LiteRT)")
-            out["student_tflite"] = export_tflite(models["student"], shape, art / "student.tflite")
-            out["student_tflite_int8"] = export_tflite(models["student"], shape, art / "student.int8.tflite",
+            out["student_tflite"] = export_tflite(deployable, shape, art / "student.tflite")
+            out["student_tflite_int8"] = export_tflite(deployable, shape, art / "student.int8.tflite",
                                                        int8=True, calib=calib)
         if d.executorch:
             from .deploy.executorch import export_pte
 
             status.update("ExecuTorch student (XNNPACK)")
-            out["student_pte"] = export_pte(models["student"], shape, art / "student.pte")
+            out["student_pte"] = export_pte(deployable, shape, art / "student.pte")
+        spec = preprocess_spec(bundle.info, shape, bundle.spec.num_classes, list(bundle.spec.class_names))
+        for path in out.values():
+            if path.suffix == ".onnx":
+                attach_metadata(path, spec)
+        write_preprocess_json(art / "preprocess.json", spec)
         if d.c_array:
             from .deploy.carray import write_c_array
 
             source = out.get("student_tflite_int8") or out.get("student_int8") or out["student"]
             write_c_array(source, art / "student_model_data.h", "g_student_model")
-    console.print(f"artifacts: {', '.join(p.name for p in out.values())}")
-    return out
+    for name, facts in quant_facts.items():
+        kept = f", {len(facts['kept_fp32'])} node(s) kept in fp32 ({', '.join(facts['kept_fp32'])})" \
+            if facts["kept_fp32"] else ""
+        console.print(f"{name}: agrees with fp32 on {100 * facts['agreement']:.1f}% of {facts['checked_on']} "
+                      f"validation inputs{kept}")
+    console.print(f"artifacts: {', '.join(p.name for p in out.values())}, preprocess.json")
+    return out, quant_facts
+
+
+def _parity_split(bundle: DataBundle, seed: int, n: int = 2048) -> np.ndarray:
+    """Raw inputs the int8 parity check runs on: the validation split (topped up from training inputs that
+    calibration did not necessarily see, to ``n``), never the test split."""
+    x = bundle.val.x
+    if len(x) < n:
+        g = torch.Generator().manual_seed(seed + 7)
+        extra = bundle.train.x[torch.randperm(len(bundle.train), generator=g)[: n - len(x)]]
+        x = torch.cat([x, extra])
+    return raw_inputs(x[:n], bundle.info.get("normalize"))
 
 
 # runtime of each non-PyTorch artifact variant, and the fp32 model it was made from
@@ -654,69 +964,153 @@ ARTIFACT_RUNTIMES = {"student_int8": ("ort_int8", "student"), "student_pruned_in
 
 
 def _runner(runtime: str, path: Path, shape: tuple[int, ...], m) -> tuple:
-    """(predict(x) -> logits array, latency dict) for an artifact in its own runtime."""
+    """(predict(raw x) -> logits array, {batch: timed call}) for an artifact in its own runtime."""
     if runtime.startswith("ort"):
         sess = ort_session(path, threads=m.threads)
-        return (lambda x: ort_predict(sess, x)), ort_latency(sess, shape, m.batch_sizes, warmup=m.warmup, repeats=m.repeats)
+        return (lambda x: ort_predict(sess, x)), ort_timers(sess, shape, m.batch_sizes)
     if runtime.startswith("tflite"):
-        from .deploy.tflite import tflite_latency, tflite_predict
+        from .deploy.tflite import tflite_predict, tflite_timer
 
-        return ((lambda x: tflite_predict(path, x, threads=m.threads)),
-                tflite_latency(path, warmup=m.warmup, repeats=m.repeats, threads=m.threads))
-    from .deploy.executorch import pte_latency, pte_predict
+        return (lambda x: tflite_predict(path, x, threads=m.threads)), {"b1": tflite_timer(path, threads=m.threads)}
+    from .deploy.executorch import pte_predict, pte_timer
 
-    return (lambda x: pte_predict(path, x)), pte_latency(path, shape, warmup=m.warmup, repeats=m.repeats)
+    return (lambda x: pte_predict(path, x)), {"b1": pte_timer(path, shape)}
 
 
-def _measure(recipe: Recipe, models: dict, artifacts: dict, bundle: DataBundle, run_dir: Path, console: Console) -> dict:
+def _measure(recipe: Recipe, models: dict, artifacts: dict, bundle: DataBundle, run_dir: Path, console: Console,
+             quantization: dict | None = None) -> dict:
+    """Accuracy, agreement, size, MACs and latency of every variant. PyTorch models run on standardised inputs,
+    artifacts on raw ones (their graphs standardise). Latency: every variant in every runtime it has, interleaved."""
     m, spec, test = recipe.measure, bundle.spec, bundle.test
     shape = tuple(spec.shape)
     y = test.y.numpy()
+    raw_test = raw_inputs(test.x, bundle.info.get("normalize"))
     preds: dict[str, np.ndarray] = {}
-    variants: dict[str, dict] = {}
-    with console.status("measuring accuracy, size, MACs and latency") as status:
+    timers: dict[str, dict[str, dict]] = {}
+    extras: dict[str, dict] = {}
+    quantization = quantization or {}
+    with console.status("measuring accuracy") as status:
         for name, model in models.items():
-            status.update(f"measuring {name}")
+            status.update(f"accuracy of {name}")
             preds[name] = predict_logits(model, test.x).argmax(1).numpy()
-            lat = {"pytorch": torch_latency(model, shape, m.batch_sizes, threads=m.threads, warmup=m.warmup, repeats=m.repeats)}
             sess = ort_session(artifacts[name], threads=m.threads)
-            lat["ort_fp32"] = ort_latency(sess, shape, m.batch_sizes, warmup=m.warmup, repeats=m.repeats)
-            ort_pred = ort_predict(sess, test.x).argmax(1)
-            variants[name] = _variant(name, preds[name], y, spec, lat, "pytorch", model_name=_model_name(recipe, name, model),
-                                      params=count_params(model), macs=count_macs(model, shape), artifact=artifacts[name],
-                                      run_dir=run_dir, extra={"onnx_agreement": agreement(ort_pred, preds[name])})
-            sparsity = _sparsity(model)
-            if sparsity > 0.01:
-                variants[name]["sparsity"] = sparsity
+            timers[name] = {"pytorch": torch_timers(model, shape, m.batch_sizes),
+                            "ort_fp32": ort_timers(sess, shape, m.batch_sizes)}
+            extras[name] = {"onnx_agreement": agreement(ort_predict(sess, raw_test).argmax(1), preds[name])}
         for name, (runtime, source) in ARTIFACT_RUNTIMES.items():
             if name not in artifacts:
                 continue
-            status.update(f"measuring {name}")
-            predict, lat = _runner(runtime, artifacts[name], shape, m)
-            preds[name] = predict(test.x).argmax(1)
+            status.update(f"accuracy of {name}")
+            predict, timer = _runner(runtime, artifacts[name], shape, m)
+            timers[name] = {runtime: timer}
+            preds[name] = predict(raw_test).argmax(1)
             agree = agreement(preds[name], preds[source])
-            variants[name] = _variant(
-                name, preds[name], y, spec, {runtime: lat}, runtime, model_name=variants[source]["model"],
-                params=variants[source]["params"], macs=variants[source]["macs"], artifact=artifacts[name],
-                run_dir=run_dir, extra={"agreement_with_fp32_student": agree, "fp32_source": source,
-                                        "parity_flag": bool(agree < PARITY_MIN)})
+            extras[name] = {"agreement_with_fp32_student": agree, "fp32_source": source,
+                            "parity_flag": bool(agree < PARITY_MIN)}
+            if name in quantization:
+                extras[name]["quantization"] = quantization[name]
             if agree < PARITY_MIN:
                 console.print(f"[yellow]{name}: agrees with the fp32 {source} on {100 * agree:.1f}% of test "
                               f"predictions (< {100 * PARITY_MIN:.0f}%)[/]")
+        status.update(f"timing {sum(len(t) for t in timers.values())} variant/runtime pairs, interleaved "
+                      f"({m.rounds} rounds)")
+        flat = {f"{n}|{rt}": t for n, per in timers.items() for rt, t in per.items()}
+        timed = interleaved_latency(flat, warmup=m.warmup, repeats=m.repeats, rounds=m.rounds, threads=m.threads)
+    variants: dict[str, dict] = {}
+    for name in timers:
+        latency = {rt: timed[f"{name}|{rt}"] for rt in timers[name]}
+        if name in models:
+            model = models[name]
+            variants[name] = _variant(name, preds[name], y, spec, latency, "pytorch",
+                                      model_name=_model_name(recipe, name, model), params=count_params(model),
+                                      macs=count_macs(model, shape), artifact=artifacts[name], run_dir=run_dir,
+                                      extra=extras[name])
+            sparsity = _sparsity(model)
+            if sparsity > 0.01:
+                variants[name]["sparsity"] = sparsity
+        else:
+            source = variants[ARTIFACT_RUNTIMES[name][1]]
+            variants[name] = _variant(name, preds[name], y, spec, latency, ARTIFACT_RUNTIMES[name][0],
+                                      model_name=source["model"], params=source["params"], macs=source["macs"],
+                                      artifact=artifacts[name], run_dir=run_dir, extra=extras[name])
     for name, v in variants.items():
         v["agreement_with_teacher"] = agreement(preds[name], preds["teacher"])
         v["energy"] = _energy(recipe, name, v, artifacts)
-    final = "student_int8" if "student_int8" in variants else "student"
+    deploy = _deploy_choice(variants)
     out = {
         "run": _run_facts(recipe, bundle, run_dir),
         "variants": variants,
-        "ratios": _ratios(variants["teacher"], variants[final]) | {"compared": f"{final} vs teacher"},
+        "deploy": deploy,
+        "speedups": _speedups(variants, deploy),
+        "latency_quality": _latency_quality(timed, m),
+        "ratios": _ratios(variants["teacher"], variants[deploy["variant"]], deploy)
+        | {"compared": f"{deploy['variant']} vs teacher"},
         "claims": CLAIMS,
     }
+    if out["latency_quality"]["noisy"]:
+        console.print(f"[yellow]latency: {len(out['latency_quality']['noisy'])} of "
+                      f"{sum(len(per) for per in timed.values())} timings were noisy (p90 / median or the spread across rounds too high): another process "
+                      "competed for the cores; rerun on an idle machine before trusting the speed-ups[/]")
     fit = _mcu(recipe, artifacts, variants, console)
     if fit:
         out["mcu"] = fit
     return out
+
+
+def _deploy_choice(variants: dict) -> dict:
+    """The artifact to deploy: the fastest at batch 1 among the distilled student's artifacts (its fp32 ONNX in ONNX
+    Runtime and every artifact made from it) that agree with the fp32 student on ≥ PARITY_MIN of the test
+    predictions; when none does, the one that agrees most."""
+    s = variants["student"]
+    cands = [{"variant": "student", "runtime": "ort_fp32", "artifact": s["artifact"],
+              "latency_ms_b1": s["latency"]["ort_fp32"]["b1"]["median_ms"], "agreement": s["onnx_agreement"]}]
+    cands += [{"variant": n, "runtime": v["runtime"], "artifact": v["artifact"], "latency_ms_b1": v["latency_ms_b1"],
+               "agreement": v["agreement_with_fp32_student"]}
+              for n, v in variants.items() if v.get("fp32_source") == "student"]
+    for c in cands:
+        c["passes_parity"] = bool(c["agreement"] >= PARITY_MIN)
+    passing = [c for c in cands if c["passes_parity"]]
+    pick = min(passing, key=lambda c: c["latency_ms_b1"]) if passing else max(cands, key=lambda c: c["agreement"])
+    rule = (f"fastest at batch 1 of the artifacts that agree with the fp32 student on ≥ {100 * PARITY_MIN:.0f}% of "
+            "test predictions" if passing else "no artifact passes the parity check: the one that agrees most")
+    return {**pick, "rule": rule, "candidates": cands}
+
+
+def _b(latency: dict, runtime: str, batch: str) -> float | None:
+    return ((latency.get(runtime) or {}).get(batch) or {}).get("median_ms")
+
+
+def _speedups(variants: dict, deploy: dict) -> dict:
+    """Batch-1 (and larger-batch) speed-ups, each labelled with what it compares."""
+    def ratio(a, b):
+        return float(a) / float(b) if a and b else None
+
+    t, s = variants["teacher"], variants["student"]
+    batches = [k for k in t["latency"]["pytorch"]]
+    out = {"same_runtime": {"what": "teacher vs distilled student, both fp32 in ONNX Runtime",
+                            **{b: ratio(_b(t["latency"], "ort_fp32", b), _b(s["latency"], "ort_fp32", b))
+                               for b in batches}}}
+    if "student_int8" in variants:
+        q = variants["student_int8"]
+        out["int8_vs_fp32"] = {"what": "int8 vs fp32 distilled student, both in ONNX Runtime",
+                               **{b: ratio(_b(s["latency"], "ort_fp32", b), _b(q["latency"], "ort_int8", b))
+                                  for b in batches}}
+    d = variants[deploy["variant"]]["latency"]
+    out["deployed"] = {"what": f"teacher in its fastest runtime ({t['best_runtime']}) vs the artifact to deploy "
+                               f"({deploy['artifact']}, {deploy['runtime']})",
+                       **{b: ratio(min(x[b]["median_ms"] for x in t["latency"].values() if b in x),
+                                   _b(d, deploy["runtime"], b)) for b in batches}}
+    return out
+
+
+def _latency_quality(timed: dict, m) -> dict:
+    """How far the timings can be trusted: the worst p90 / median and round spread, and the noisy timings."""
+    stats = [(key, b, s) for key, per in timed.items() for b, s in per.items()]
+    return {"rounds": m.rounds, "repeats": m.repeats, "threads": m.threads,
+            "max_p90_over_median": max((s["p90_ms"] / s["median_ms"] for _, _, s in stats if s["median_ms"]),
+                                       default=None),
+            "max_round_spread": max((s.get("round_spread", 1.0) for _, _, s in stats), default=None),
+            "noisy": [f"{key.replace('|', ' in ')} at {b}" for key, b, s in stats if s["noisy"]]}
 
 
 def _sparsity(model: nn.Module) -> float:
@@ -786,6 +1180,9 @@ def _variant(name: str, pred, y, spec, latency: dict, runtime: str, *, model_nam
     for key, val in primary.items():
         if key != "b1":
             v[f"latency_ms_{key}"] = val["median_ms"]
+    best = min(latency, key=lambda rt: latency[rt]["b1"]["median_ms"])
+    v.update({"best_runtime": best, "latency_ms_b1_best": latency[best]["b1"]["median_ms"],
+              "latency_noisy": any(s.get("noisy", False) for per in latency.values() for s in per.values())})
     v.update({"latency": latency, "per_class_accuracy": acc["per_class_accuracy"], "confusion": acc["confusion"]})
     v.update(extra)
     return v
@@ -812,12 +1209,14 @@ def _model_name(recipe: Recipe, name: str, model: nn.Module) -> str:
     return cfg.model
 
 
-def _ratios(teacher: dict, final: dict) -> dict:
+def _ratios(teacher: dict, final: dict, deploy: dict) -> dict:
+    """The artifact to deploy against the teacher; the speed-up is deployed: each in its fastest runtime."""
     def ratio(a, b):
         return float(a) / float(b) if a and b else None
     return {"size_reduction": ratio(teacher["file_bytes"], final["file_bytes"]),
             "macs_reduction": ratio(teacher["macs"], final["macs"]),
-            "speedup_b1": ratio(teacher["latency_ms_b1"], final["latency_ms_b1"]),
+            "speedup_b1": ratio(teacher["latency_ms_b1_best"], deploy["latency_ms_b1"]),
+            "speedup_kind": f"deployed: teacher in {teacher['best_runtime']}, {deploy['variant']} in {deploy['runtime']}",
             "accuracy_retention": ratio(final["accuracy"], teacher["accuracy"])}
 
 
@@ -828,6 +1227,9 @@ def _run_facts(recipe: Recipe, bundle: DataBundle, run_dir: Path) -> dict:
             "split_sizes": {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)},
             "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                         "torch": torch.__version__, "threads": recipe.measure.threads, "system": platform.system(),
+                        "available_cores": available_cores(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                        "train_threads": resolve_threads(recipe.student.train.threads),
+                        "measure_threads": recipe.measure.threads,
                         "train_device": describe_device(resolve_device(recipe.student.train.device))}}
 
 

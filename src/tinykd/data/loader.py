@@ -77,6 +77,24 @@ def _arrays(x: np.ndarray, y: np.ndarray, raw: RawData, split: str) -> Arrays:
     return x, y.astype(np.int64, copy=False)
 
 
+def _check_classes(raw: RawData, where: str) -> None:
+    """Every class index 0..K-1 must have samples: one stray label (a 200 among digits) would otherwise make K-1
+    empty classes, a model head of the wrong size and a student scored against classes it can never learn."""
+    labels = [y for y in (raw.y, raw.y_val, raw.y_test) if y is not None and len(y)]
+    if not labels or not all(np.issubdtype(np.asarray(y).dtype, np.integer) for y in labels):
+        return  # _arrays explains labels that are not integers
+    counts = np.bincount(np.concatenate([np.asarray(y).ravel() for y in labels]).clip(0),
+                         minlength=raw.spec.num_classes)[:raw.spec.num_classes]
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        top = int(max(int(np.max(y)) for y in labels))
+        raise DataError(f"labels run up to {top}, but {len(empty)} of the {raw.spec.num_classes} classes 0..{top} "
+                        f"have no sample (e.g. {', '.join(map(str, empty[:5]))}); label {top} appears "
+                        f"{int(counts[top]) if top < len(counts) else 0} time(s)",
+                        "fix the stray labels in the data files, or number the classes 0..K-1 without gaps",
+                        where=where)
+
+
 def _make_splits(raw: RawData, rng: np.random.Generator, val_fraction: float,
                  test_fraction: float) -> tuple[dict[str, Arrays], dict[str, str]]:
     """Train/val/test arrays, using the source's own test/val splits and stratified splits otherwise."""
@@ -123,6 +141,7 @@ def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fract
     check_options(entry, options)
     _check_settings(seed, val_fraction, test_fraction, limit)
     raw, resolved = _run_reader(entry, path, base_dir, _resolve_path_options(options, base_dir))
+    _check_classes(raw, str(resolved) if resolved else name)
     rng = np.random.default_rng(seed)
     splits, made = _make_splits(raw, rng, val_fraction, test_fraction)
     if limit is not None:

@@ -25,7 +25,9 @@ from ..data.augment import shift_batch
 from ..data.spec import Split
 from ..errors import CheckpointError, TrainingError
 from ..inference import module_device, predict_logits
-from ..io import load_tensors, read_json, save_tensors, write_json
+from ..io import load_tensors, load_weights, read_json, save_tensors, write_json
+from ..measure.latency import torch_threads
+from ..threads import resolve_threads
 from ..recipe import MixupConfig, TrainConfig
 from .capture import FeatureCapture, Outputs, forward_with_features
 from .health import dead_units, dead_warning
@@ -198,10 +200,17 @@ class Trainer:
         save_tensors(self.out_dir / "best.safetensors", {k: v for k, v in self.model.state_dict().items()})
 
     def _restore(self, state: dict) -> int:
-        tensors = load_tensors(self.out_dir / "last.safetensors")
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.helpers.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("helpers.")})
-        load_optimizer(self.optimizer, tensors, "optim", state["optimizer"])
+        path = self.out_dir / "last.safetensors"
+        tensors = load_tensors(path)
+        load_weights(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source=str(path))
+        load_weights(self.helpers, {k[8:]: v for k, v in tensors.items() if k.startswith("helpers.")},
+                     source=f"{path} (the loss terms' helpers)")
+        if "rng.torch" not in tensors:
+            raise self._bad_checkpoint(f"'{path}' holds no RNG state (rng.torch)")
+        try:
+            load_optimizer(self.optimizer, tensors, "optim", state["optimizer"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise self._bad_checkpoint(f"the optimizer state in '{path}' and last.json does not fit ({exc})") from None
         if self.batches is not None:
             self.batches.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("source.")})
             for name, opt in self.batches.optimizers().items():
@@ -214,10 +223,45 @@ class Trainer:
         random.setstate((3, tuple(state["rng_python"]), None))
         self.history = state["history"]
         self.best = (state["best_epoch"], state["best_val_accuracy"])
+        self._apply_changed_lr()
         return int(state["epoch"])
 
+    def _apply_changed_lr(self) -> None:
+        """A run resumed with a new ``train.lr`` (pipeline.RESUME_KEYS) continues its schedule from the new base rate;
+        an unchanged one restores the saved rates untouched, so plain resume stays bit-exact."""
+        sched = self.scheduler
+        if sched is None or all(b == self.cfg.lr for b in sched.base_lrs):
+            return
+        sched.base_lrs = [self.cfg.lr] * len(sched.base_lrs)
+        for group, factor in zip(self.optimizer.param_groups, sched.lr_lambdas):
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * factor(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.console.print(f"[yellow]{self.label}: learning rate changed on resume to {self.cfg.lr:g}[/]")
+
+    def _bad_checkpoint(self, what: str) -> CheckpointError:
+        return CheckpointError(f"{self.label}: cannot resume: {what}",
+                               f"delete the folder {self.out_dir} to train this stage afresh (other stages are kept)")
+
+    def _saved_state(self, path: Path) -> dict:
+        """last.json, checked to hold what resume reads."""
+        state = read_json(path)
+        if not isinstance(state, dict):
+            raise self._bad_checkpoint(f"'{path}' holds a {type(state).__name__}, not a training state")
+        need = ("epoch", "finished", "best_epoch", "best_val_accuracy", "history")
+        need += () if state.get("finished") is True else ("optimizer", "scheduler", "rng_python")
+        missing = [k for k in need if k not in state]
+        if missing:
+            raise self._bad_checkpoint(f"'{path}' lacks {', '.join(missing)}")
+        if not isinstance(state["history"], list) or not isinstance(state["epoch"], int):
+            raise self._bad_checkpoint(f"'{path}' has a malformed history or epoch")
+        if not state["finished"] and not 0 <= state["epoch"] <= self.cfg.epochs:
+            raise self._bad_checkpoint(f"'{path}' is at epoch {state['epoch']}, outside 0..{self.cfg.epochs}")
+        return state
+
     def load_best(self) -> None:
-        self.model.load_state_dict(load_tensors(self.out_dir / "best.safetensors"))
+        path = self.out_dir / "best.safetensors"
+        load_weights(self.model, load_tensors(path), source=str(path))
 
     # ----- training ----------------------------------------------------------------------------
     def fit(self, train: Split | None, val: Split) -> TrainResult:
@@ -246,7 +290,8 @@ class Trainer:
             self.console.print(f"[dim]{self.label}: training on {describe_device(self.device)}[/]")
         self._place(self.device)
         try:
-            return self._fit(train, val)
+            with torch_threads(resolve_threads(cfg.threads)):
+                return self._fit(train, val)
         finally:
             self._place(home)  # the caller gets its models back where they were
 
@@ -270,7 +315,7 @@ class Trainer:
         start = 0
         state_path = self.out_dir / "last.json"
         if state_path.is_file():
-            state = read_json(state_path)
+            state = self._saved_state(state_path)
             if state.get("finished"):
                 self.history = state["history"]
                 self.best = (state["best_epoch"], state["best_val_accuracy"])
@@ -291,13 +336,18 @@ class Trainer:
             for epoch in range(start + 1, cfg.epochs + 1):
                 row = self._epoch(epoch, train, s_run, t_run)
                 row.update(self._validate(val))
+                self._check_finite(epoch, val=len(val) > 0, row=row)  # nothing non-finite is ever saved
+                dead = self._check_dead(epoch, train)
+                if dead:
+                    row["dead_units"] = dead  # kept in the history (last.json, history.csv) and metrics.json
                 self.history.append(row)
                 if len(val) == 0 or row["val_accuracy"] > self.best[1]:
                     self.best = (epoch, row["val_accuracy"] if len(val) else float("nan"))
                     self._save_best()
                 self._save(epoch, finished=epoch == cfg.epochs)
                 self._log(row)
-                self._check_dead(epoch, train)
+                if dead:
+                    self.console.print(f"[yellow]{self.label}: {dead}[/]")
         if not (self.out_dir / "best.safetensors").is_file():
             raise CheckpointError(f"{self.label}: no best checkpoint in {self.out_dir}", "delete the folder and rerun")
         self.load_best()
@@ -403,16 +453,45 @@ class Trainer:
                 continue
             value = term(student, teacher, batch)
             if not torch.isfinite(value):
-                raise TrainingError(
-                    f"{self.label}: loss term '{term.name}' became {value.item()} at epoch {epoch}, step {step + 1}; "
-                    f"the last good checkpoint is {self.out_dir / 'last.safetensors'} (epoch {epoch - 1})",
-                    "lower the learning rate (e.g. train.lr), add train.grad_clip, or check the inputs for NaN/inf")
+                raise self._diverged(f"loss term '{term.name}' became {value.item()} at epoch {epoch}, step {step + 1}",
+                                     epoch, teacher, batch)
             total = total + weight * value
             parts[f"loss/{term.name}"] = float(value.detach())
             for k, v in term.parts.items():
                 parts[f"loss/{term.name}.{k}"] = float(v)
+        if not torch.isfinite(total):
+            raise self._diverged(f"the weighted loss became {total.item()} at epoch {epoch}, step {step + 1} "
+                                 "(a term's weight is too large)", epoch, teacher, batch)
         parts["train_loss"] = float(total.detach())
         return total, parts
+
+    def _check_finite(self, epoch: int, *, val: bool, row: dict) -> None:
+        """A TrainingError when the weights or the validation loss are NaN/inf after ``epoch``: a finite loss can
+        still take a step that leaves NaN weights (a huge learning rate), and those must never be saved."""
+        named = [*self.model.named_parameters(), *self.model.named_buffers(),
+                 *(("helpers." + n, t) for n, t in self.helpers.named_parameters())]
+        bad = next((n for n, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        if bad is not None:
+            raise self._diverged(f"its weights hold NaN/inf after epoch {epoch} (e.g. '{bad}')", epoch)
+        if val and not math.isfinite(row["val_loss"]):
+            raise self._diverged(f"its validation loss is {row['val_loss']} after epoch {epoch}", epoch)
+
+    def _diverged(self, what: str, epoch: int, teacher: Outputs | None = None, batch: Batch | None = None):
+        """The NaN guard's error: what diverged, the checkpoint that is left, and the likeliest cause."""
+        last = self.out_dir / "last.safetensors"
+        if epoch > 1 and last.is_file():
+            kept = f"the last good checkpoint is {last} (epoch {epoch - 1})"
+        else:
+            kept = "no checkpoint of it was saved (it diverged in its first epoch)"
+        if batch is not None and not bool(torch.isfinite(batch.x).all()):
+            fix = "the training inputs hold NaN/inf: clean the data files"
+        elif teacher is not None and not bool(torch.isfinite(teacher.logits).all()):
+            fix = ("the teacher's outputs are NaN/inf, not the student's: check the teacher's checkpoint or its "
+                   "training (teacher.checkpoint, teacher.train.lr)")
+        else:
+            fix = (f"lower the learning rate (train.lr is {self.cfg.lr:g}), set train.grad_clip (e.g. 1.0), or lower "
+                   "the loss terms' weights or temperatures")
+        return TrainingError(f"{self.label}: {what}; {kept}", fix)
 
     def _validate(self, val: Split) -> dict:
         if len(val) == 0:
@@ -421,17 +500,16 @@ class Trainer:
         return {"val_accuracy": (logits.argmax(1) == val.y).float().mean().item(),
                 "val_loss": F.cross_entropy(logits, val.y).item()}
 
-    def _check_dead(self, epoch: int, train: Split) -> None:
-        """Warn once per fit when a layer of the student has lost many ReLU units (see distill.health)."""
+    def _check_dead(self, epoch: int, train: Split) -> str | None:
+        """The warning, once per fit, when a layer of the model has lost many ReLU units (see distill.health)."""
         if self._warned_dead or self.batches is not None or len(train) == 0:
-            return
+            return None
         n = len(train)
         probe = train.x if n <= DEAD_PROBE else train.x[torch.linspace(0, n - 1, DEAD_PROBE).long()]  # spread out:
         # a split sorted by class would otherwise show only some classes, and units of the others would look dead
         message = dead_warning(dead_units(self.model, probe), len(probe), epoch)
-        if message:
-            self._warned_dead = True
-            self.console.print(f"[yellow]{self.label}: {message}[/]")
+        self._warned_dead = bool(message)
+        return message
 
     def _bar(self, description: str, total: int):
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
