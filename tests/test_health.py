@@ -106,3 +106,15 @@ def test_trainer_warns_once_when_a_layer_loses_its_units(tmp_path):
 def test_trainer_says_nothing_about_a_healthy_student(tmp_path):
     torch.manual_seed(0)
     assert "dead ReLUs" not in _fit(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)), tmp_path)
+
+
+def test_the_finding_is_kept_in_the_history_of_its_epoch(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    with torch.no_grad():
+        model[0].bias[:8] = -1e3
+    res = Trainer(model, [(1.0, build_loss("ce", {}))], TrainConfig(epochs=3, batch_size=32, lr=0.01),
+                  out_dir=tmp_path, label="m", console=Console(quiet=True)).fit(_split(), _split(64))
+    flagged = [r for r in res.history if r.get("dead_units")]
+    assert [r["epoch"] for r in flagged] == [1]
+    assert "8 of 16 units of '1'" in flagged[0]["dead_units"]

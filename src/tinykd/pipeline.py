@@ -1071,8 +1071,9 @@ def _deploy_choice(variants: dict) -> dict:
         c["passes_parity"] = bool(c["agreement"] >= PARITY_MIN)
     passing = [c for c in cands if c["passes_parity"]]
     pick = min(passing, key=lambda c: c["latency_ms_b1"]) if passing else max(cands, key=lambda c: c["agreement"])
-    rule = (f"fastest at batch 1 of the artifacts that agree with the fp32 student on ≥ {100 * PARITY_MIN:.0f}% of "
-            "test predictions" if passing else "no artifact passes the parity check: the one that agrees most")
+    rule = (f"fastest at batch 1 on this machine of the artifacts that agree with the fp32 student on "
+            f"≥ {100 * PARITY_MIN:.0f}% of test predictions" if passing
+            else "no artifact passes the parity check: the one that agrees most")
     return {**pick, "rule": rule, "candidates": cands}
 
 

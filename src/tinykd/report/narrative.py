@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .summary import (PARITY_THRESHOLD, claimed_ranges, compared_variant, energy_rows, format_factor, format_kib,
-                      format_sig, mcu_rows, parity_warnings, variant_metric, variant_noun)
+                      format_ms, format_sig, mcu_rows, parity_warnings, variant_metric, variant_noun)
 
 
 def _pct(fraction: float) -> str:
@@ -41,7 +41,7 @@ def headline(metrics: dict) -> str:
     ratios = metrics.get("ratios") or {}
     final = compared_variant(metrics)
     templates = (("size_reduction", "is {} than the teacher", "smaller", "larger"),
-                 ("speedup_b1", "runs {} at batch 1", "faster", "slower"),
+                 ("speedup_b1", "runs {} at batch 1 (each in its fastest runtime)", "faster", "slower"),
                  ("macs_reduction", "needs {} multiply-accumulates", "fewer", "more"))
     clauses = [text.format(_times(ratios[key], better, worse)) for key, text, better, worse in templates
                if ratios.get(key)]
@@ -173,9 +173,53 @@ def parity_sentence(metrics: dict) -> str:
             f"{100 * PARITY_THRESHOLD:.0f} % of test inputs.")
 
 
+def speedup_sentence(metrics: dict) -> str:
+    """The batch-1 speed-ups, each with what it compares: same runtime, int8 vs fp32, deployed."""
+    s = metrics.get("speedups") or {}
+    parts = []
+    if (s.get("same_runtime") or {}).get("b1"):
+        parts.append(f"on the same runtime (both fp32 in ONNX Runtime) the distilled student is "
+                     f"{_times(s['same_runtime']['b1'], 'faster', 'slower')} than the teacher")
+    if (s.get("int8_vs_fp32") or {}).get("b1"):
+        parts.append(f"int8 makes it {_times(s['int8_vs_fp32']['b1'], 'faster', 'slower')} than its fp32 ONNX model")
+    if (s.get("deployed") or {}).get("b1"):
+        parts.append(f"deployed ({s['deployed']['what'].split(' vs ')[0].removeprefix('teacher ')} for the teacher, "
+                     f"the chosen artifact for the student) the speed-up is {format_factor(s['deployed']['b1'])}")
+    return ("Batch-1 latency: " + _join(parts) + ".") if parts else ""
+
+
+def deploy_sentence(metrics: dict) -> str:
+    """Which artifact to deploy and why."""
+    d = metrics.get("deploy") or {}
+    if not d.get("artifact"):
+        return ""
+    return (f"Deploy {d['artifact']} ({d['runtime']}, {format_ms(d['latency_ms_b1'])} at batch 1, "
+            f"{_pct(d['agreement'])} agreement with the fp32 student): the {d['rule']}.")
+
+
+def noise_sentence(metrics: dict) -> str:
+    """A warning when the latency measurements were disturbed by other work on the machine."""
+    q = metrics.get("latency_quality") or {}
+    noisy = q.get("noisy") or []
+    if not noisy:
+        return ""
+    return (f"Latency warning: {len(noisy)} timing(s) were noisy (worst p90 / median "
+            f"{format_sig(q.get('max_p90_over_median'))}, worst spread across {q.get('rounds')} interleaved rounds "
+            f"{format_sig(q.get('max_round_spread'))}×): another process competed for the cores, so the latencies and "
+            f"speed-ups above are uncertain; rerun on an idle machine ({_join(noisy[:3])}"
+            + (", …" if len(noisy) > 3 else "") + ").")
+
+
+def health_sentence(metrics: dict) -> str:
+    """Dead-ReLU findings of the training runs."""
+    dead = ((metrics.get("health") or {}).get("dead_units")) or {}
+    return " ".join(f"Training health: {model}: {row['warning']}." for model, row in dead.items())
+
+
 def findings(metrics: dict) -> list[str]:
     """The sentences of the 'what this run shows' paragraph, empty ones left out."""
-    sentences = [headline(metrics), claims_sentence(metrics), distillation_sentence(metrics),
+    sentences = [headline(metrics), speedup_sentence(metrics), deploy_sentence(metrics), noise_sentence(metrics),
+                 claims_sentence(metrics), distillation_sentence(metrics),
                  quantization_sentence(metrics), mcu_sentence(metrics), energy_sentence(metrics),
-                 parity_sentence(metrics)]
+                 parity_sentence(metrics), health_sentence(metrics)]
     return [s for s in sentences if s]
