@@ -549,3 +549,27 @@ def test_shift_batch_moves_each_sample_within_the_bound_and_fills_the_border():
     assert set(shift_batch(border, 2).unique().tolist()) <= {-0.5, 2.0}  # fill = mean border value
     vec = torch.randn(3, 7)
     assert shift_batch(vec, 3) is vec  # no spatial axis: unchanged
+
+
+def test_labelled_budget_keeps_a_stratified_subset_and_the_rest_as_unlabelled_inputs():
+    full = load_dataset("digits", seed=3, normalize=False)
+    b = load_dataset("digits", seed=3, normalize=False, labelled=200)
+    assert len(b.train) == 200 and len(b.unlabelled) == len(full.train) - 200
+    assert b.info["sizes"]["unlabelled"] == len(b.unlabelled)
+    assert set(b.train.y.tolist()) == set(range(10))  # every class keeps labels
+    counts = torch.bincount(b.train.y, minlength=10)
+    assert counts.max() - counts.min() <= 2  # stratified
+    # labelled + unlabelled inputs are exactly the training split, with no sample in both
+    rows = lambda x: {tuple(r) for r in x.reshape(len(x), -1).tolist()}
+    assert rows(b.train.x) | rows(b.unlabelled) == rows(full.train.x)
+    assert not rows(b.train.x) & rows(b.unlabelled)
+    assert torch.equal(b.test.x, full.test.x) and torch.equal(b.val.x, full.val.x)
+    # standardised with the labelled split's statistics, like every other split
+    n = load_dataset("digits", seed=3, labelled=200)
+    assert abs(float(n.train.x.mean())) < 1e-4 and n.unlabelled.mean().abs() < 0.2
+
+
+@pytest.mark.parametrize("bad", [0, 5, 10_000])
+def test_labelled_budget_outside_its_range_is_a_data_error(bad):
+    with pytest.raises(DataError, match="labelled"):
+        load_dataset("digits", seed=0, labelled=bad)

@@ -216,3 +216,20 @@ def test_a_gpu_asked_for_without_one_fails_before_anything_is_written(tmp_path, 
         run(load_recipe(TINY, [f"output_dir={tmp_path}", "student.train.device=cuda:0"]), progress=False)
     assert "set train.device to 'auto' or 'cpu'" in str(err.value)
     assert not any(tmp_path.iterdir())  # no run folder was made
+
+
+def test_a_labelling_budget_feeds_the_rest_to_the_distilled_student_alone(tmp_path, monkeypatch):
+    seen = {}
+    original = Trainer.__init__
+
+    def spy(self, model, terms, cfg, *args, **kwargs):
+        original(self, model, terms, cfg, *args, **kwargs)
+        seen[kwargs["label"]] = None if kwargs.get("transfer") is None else len(kwargs["transfer"])
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    recipe = load_recipe(TINY, [f"output_dir={tmp_path}", "data.labelled=300", "teacher.train.epochs=1",
+                                "student.train.epochs=1", "report.enabled=false", "quantize.enabled=false",
+                                "measure.repeats=5", *ON_CPU])
+    result = run(recipe, progress=False)
+    sizes = result.metrics["run"]["split_sizes"]
+    assert sizes["train"] == 300 and sizes["unlabelled"] > 0
+    assert seen == {"teacher": None, "student_scratch": None, "student": sizes["unlabelled"]}

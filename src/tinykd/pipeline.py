@@ -418,7 +418,7 @@ def _stages(recipe: Recipe, run_dir: Path, bundle: DataBundle, teacher: nn.Modul
         models["student_scratch"] = scratch
 
     distilled = _fresh_student(recipe, spec, student)
-    transfer = _transfer_inputs(recipe, bundle, console) if recipe.distill.transfer else None
+    transfer = _distill_inputs(recipe, bundle, terms, console)
     scheme = _Scheme(recipe, bundle, run_dir, console, progress)
     source, batches, train = scheme.prepare(distill_teacher, distilled, models, histories, tracked)
     trained = scheme.trained_module(distilled, models)
@@ -818,9 +818,10 @@ def _load_data(recipe: Recipe, console: Console) -> DataBundle:
     with console.status(f"loading dataset {d.name}"):
         bundle = load_dataset(d.name, path=d.path, seed=recipe.seed, val_fraction=d.val_fraction,
                               test_fraction=d.test_fraction, normalize=d.normalize, limit=d.limit,
-                              base_dir=recipe.base_dir, **d.options)
+                              labelled=d.labelled, base_dir=recipe.base_dir, **d.options)
+    unlabelled = "" if bundle.unlabelled is None else f" (+ {len(bundle.unlabelled)} unlabelled training inputs)"
     console.print(f"data: {bundle.name} {tuple(bundle.spec.shape)} × {bundle.spec.num_classes} classes — "
-                  f"train {len(bundle.train)}, val {len(bundle.val)}, test {len(bundle.test)}")
+                  f"train {len(bundle.train)}{unlabelled}, val {len(bundle.val)}, test {len(bundle.test)}")
     return bundle
 
 
@@ -832,6 +833,21 @@ def _transfer_inputs(recipe: Recipe, bundle: DataBundle, console: Console) -> to
                              base_dir=recipe.base_dir, **t.options)
     if tuple(extra.spec.shape) != tuple(bundle.spec.shape):
         raise RecipeError(f"distill.transfer: inputs shaped {tuple(extra.spec.shape)} do not match the training data's "
+def _distill_inputs(recipe: Recipe, bundle: DataBundle, terms: list, console: Console) -> torch.Tensor | None:
+    """Inputs only the teacher labels for the distilled student: the transfer set and the unlabelled training
+    inputs of a labelling budget (``data.labelled``, used when a loss term learns from the teacher)."""
+    parts = [_transfer_inputs(recipe, bundle, console)] if recipe.distill.transfer else []
+    if bundle.unlabelled is not None and len(bundle.unlabelled):
+        if any(t.needs_teacher for _, t in terms) and recipe.distill.scheme not in ("online", "self", "data_free"):
+            parts.append(bundle.unlabelled)
+            console.print(f"unlabelled training inputs: {len(bundle.unlabelled)} (teacher-labelled, for the "
+                          f"distilled student; {len(bundle.train)} keep their labels)")
+        else:
+            console.print(f"[yellow]{len(bundle.unlabelled)} unlabelled training inputs unused: no loss term of this "
+                          "scheme learns from a teacher[/]")
+    return torch.cat(parts) if parts else None
+
+
                           f"{tuple(bundle.spec.shape)}", "use a transfer set with the same input shape and front end")
     x = torch.cat([getattr(extra, s).x for s in t.splits])
     norm = bundle.info.get("normalize")
@@ -1225,7 +1241,8 @@ def _run_facts(recipe: Recipe, bundle: DataBundle, run_dir: Path) -> dict:
     return {"name": recipe.name, "run_dir": str(run_dir), "dataset": bundle.name, "seed": recipe.seed,
             "created": dt.datetime.now().isoformat(timespec="seconds"), "tinykd": __version__,
             "spec": bundle.spec.to_dict(), "data_info": bundle.info,
-            "split_sizes": {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)},
+            "split_sizes": {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test),
+                            **({"unlabelled": len(bundle.unlabelled)} if bundle.unlabelled is not None else {})},
             "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                         "torch": torch.__version__, "threads": recipe.measure.threads, "system": platform.system(),
                         "available_cores": available_cores(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

@@ -34,13 +34,16 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     normalize: bool = True
     limit: int | None = Field(None, ge=1)
+    # A labelling budget: keep the labels of this many training samples (stratified); the teacher and the scratch
+    # student train on those alone, the distilled student also learns from the teacher's outputs on the rest.
+    labelled: int | None = Field(None, ge=1, le=100_000_000)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class TrainConfig(_Section):
     """Optimizer, schedule and budget of one training run."""
 
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(8, ge=1, le=100_000)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(2e-3, gt=0)
@@ -508,7 +511,8 @@ def load_recipe(source: str | Path | dict | None = None, overrides: list[str] | 
         resolved = recipe.model_dump(mode="json")
         for text in overrides:
             apply_override(resolved, *parse_override(text))
-        recipe = _validate(resolved, f"{name} with overrides {' '.join(overrides)}")
+        count = f"{len(overrides)} override{'s' if len(overrides) > 1 else ''}"
+        recipe = _validate(resolved, f"{name} with {count}")  # the lines below name each field
     recipe.base_dir = base_dir
     return recipe
 

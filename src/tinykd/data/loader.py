@@ -13,7 +13,7 @@ import torch
 
 from tinykd.data.registry import DatasetEntry, RawData, check_options, get_dataset
 from tinykd.data.spec import DataBundle, Split
-from tinykd.data.splits import Arrays, limit_split, standardize, stratified_split
+from tinykd.data.splits import Arrays, limit_split, standardize, stratified_pick, stratified_split
 from tinykd.errors import DataError
 
 
@@ -130,12 +130,14 @@ def _resolve_path_options(options: dict[str, Any], base_dir: str | None) -> dict
 
 def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fraction: float = 0.1,
                  test_fraction: float = 0.2, normalize: bool = True, limit: int | None = None,
-                 base_dir: str | None = None, **options: Any) -> DataBundle:
+                 labelled: int | None = None, base_dir: str | None = None, **options: Any) -> DataBundle:
     """Load dataset ``name`` as seed-deterministic, stratified train/val/test splits (float32 x, int64 y).
 
     ``path`` (and any ``*_path`` option) is tried relative to the working directory, then to
     ``base_dir`` (the recipe's folder). ``limit`` caps each split; ``normalize`` standardizes all
-    splits with the train split's scalar mean/std. ``options`` are the dataset's own options.
+    splits with the train split's scalar mean/std. ``labelled`` keeps the labels of that many training samples
+    (stratified) and moves the other training inputs to ``bundle.unlabelled`` (inputs only: a labelling budget, the
+    rest of the data for the teacher to label). ``options`` are the dataset's own options.
     """
     entry = get_dataset(name)
     check_options(entry, options)
@@ -146,10 +148,31 @@ def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fract
     splits, made = _make_splits(raw, rng, val_fraction, test_fraction)
     if limit is not None:
         splits = {k: limit_split(*v, limit, rng) for k, v in splits.items()}
+    if labelled is not None:
+        splits["train"], splits["unlabelled"] = _label_budget(*splits["train"], labelled, rng)
     norm = standardize(splits) if normalize else None
     info = {"dataset": name, "path": str(resolved) if resolved else None, **raw.info,
             "options": _options_info(entry, options), "seed": seed, "splits": made, "limit": limit,
             "sizes": {k: len(v[1]) for k, v in splits.items()}, "normalize": norm}
     bundle_name = f"{name}:{resolved.name}" if resolved else name
+    unlabelled = splits.pop("unlabelled", None)
     tensors = {k: Split(torch.from_numpy(x), torch.from_numpy(y)) for k, (x, y) in splits.items()}
-    return DataBundle(name=bundle_name, spec=raw.spec, info=info, **tensors)
+    return DataBundle(name=bundle_name, spec=raw.spec, info=info,
+                      unlabelled=None if unlabelled is None else torch.from_numpy(unlabelled[0]), **tensors)
+
+
+def _label_budget(x: np.ndarray, y: np.ndarray, labelled: int, rng: np.random.Generator) -> tuple[Arrays, Arrays]:
+    """(labelled part, unlabelled part) of a training split: ``labelled`` samples drawn within each class."""
+    if isinstance(labelled, bool) or not isinstance(labelled, int) or labelled < 1:
+        raise DataError(f"labelled must be a positive number of training samples, got {labelled!r}",
+                        "set data.labelled to e.g. 1000, or leave it out to label every training sample")
+    if labelled >= len(y):
+        raise DataError(f"labelled = {labelled} keeps every one of the {len(y)} training samples, leaving none "
+                        "unlabelled", f"set data.labelled below {len(y)}, or leave it out")
+    if labelled < len(np.unique(y)):
+        raise DataError(f"labelled = {labelled} is fewer than the {len(np.unique(y))} classes",
+                        "label at least one sample per class")
+    keep = np.zeros(len(y), dtype=bool)
+    keep[stratified_pick(y, labelled, rng)] = True
+    order = np.flatnonzero(keep)
+    return (x[order], y[order]), (x[~keep], y[~keep])

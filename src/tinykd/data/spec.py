@@ -45,3 +45,5 @@ class DataBundle:
     val: Split
     test: Split
     info: dict = field(default_factory=dict)  # provenance: files read, front-end settings, split sizes
+    # Training inputs whose labels are not used (data.labelled): only the teacher labels them, for distillation.
+    unlabelled: torch.Tensor | None = None
