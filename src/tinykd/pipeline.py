@@ -289,21 +289,27 @@ def _check_layer_paths(recipe: Recipe, terms: list, student: nn.Module, teacher:
 
 def _check_transfer(recipe: Recipe) -> None:
     """distill.transfer names a registered dataset with valid options, and its files exist."""
+    t = recipe.distill.transfer
+    _check_source(t.name, t.path, t.options, recipe, "distill.transfer")
+
+
+def _check_source(name: str, path: str | None, options: dict, recipe: Recipe, where: str) -> None:
+    """A dataset section (``data``, ``distill.transfer``) names a registered dataset with valid options, and its
+    files exist; errors name the section."""
     from .data.loader import resolve_path
     from .data.registry import check_options, get_dataset
 
-    t = recipe.distill.transfer
     try:
-        entry = get_dataset(t.name)
-        check_options(entry, t.options)
-        if entry.needs_path and t.path is None:
-            raise DataError(f"dataset '{t.name}' needs a path to its files", "set distill.transfer.path")
-        if not entry.needs_path and t.path is not None:
-            raise DataError(f"dataset '{t.name}' is bundled and takes no path", "remove distill.transfer.path")
-        if t.path is not None:
-            resolve_path(t.path, recipe.base_dir)
+        entry = get_dataset(name)
+        check_options(entry, options)
+        if entry.needs_path and path is None:
+            raise DataError(f"dataset '{name}' needs a path to its files", f"set {where}.path; {entry.description}")
+        if not entry.needs_path and path is not None:
+            raise DataError(f"dataset '{name}' is bundled and takes no path", f"remove {where}.path")
+        if path is not None:
+            resolve_path(path, recipe.base_dir)
     except TinyKDError as err:
-        raise type(err)(err.what, err.fix, where="distill.transfer") from None
+        raise type(err)(err.what, err.fix, where=err.where or where) from None
 
 
 def _load_checkpoint(model: nn.Module, checkpoint: str, where: str, recipe: Recipe) -> Path:
@@ -339,6 +345,8 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
             return _complete(run_dir, changes, console)
     elif run_dir is None:
         output_root(recipe)
+    if data is None:
+        _check_source(recipe.data.name, recipe.data.path, recipe.data.options, recipe, "data")
     bundle = data or _load_data(recipe, console)
     preflight(recipe, bundle, teacher=teacher, student=student, console=console)
     if resume:
@@ -825,14 +833,6 @@ def _load_data(recipe: Recipe, console: Console) -> DataBundle:
     return bundle
 
 
-def _transfer_inputs(recipe: Recipe, bundle: DataBundle, console: Console) -> torch.Tensor:
-    """Inputs of the unlabelled transfer set, standardised like the labelled training set."""
-    t = recipe.distill.transfer
-    with console.status(f"loading transfer set {t.name}"):
-        extra = load_dataset(t.name, path=t.path, seed=recipe.seed, normalize=False, limit=t.limit,
-                             base_dir=recipe.base_dir, **t.options)
-    if tuple(extra.spec.shape) != tuple(bundle.spec.shape):
-        raise RecipeError(f"distill.transfer: inputs shaped {tuple(extra.spec.shape)} do not match the training data's "
 def _distill_inputs(recipe: Recipe, bundle: DataBundle, terms: list, console: Console) -> torch.Tensor | None:
     """Inputs only the teacher labels for the distilled student: the transfer set and the unlabelled training
     inputs of a labelling budget (``data.labelled``, used when a loss term learns from the teacher)."""
@@ -848,6 +848,14 @@ def _distill_inputs(recipe: Recipe, bundle: DataBundle, terms: list, console: Co
     return torch.cat(parts) if parts else None
 
 
+def _transfer_inputs(recipe: Recipe, bundle: DataBundle, console: Console) -> torch.Tensor:
+    """Inputs of the unlabelled transfer set, standardised like the labelled training set."""
+    t = recipe.distill.transfer
+    with console.status(f"loading transfer set {t.name}"):
+        extra = load_dataset(t.name, path=t.path, seed=recipe.seed, normalize=False, limit=t.limit,
+                             base_dir=recipe.base_dir, **t.options)
+    if tuple(extra.spec.shape) != tuple(bundle.spec.shape):
+        raise RecipeError(f"distill.transfer: inputs shaped {tuple(extra.spec.shape)} do not match the training data's "
                           f"{tuple(bundle.spec.shape)}", "use a transfer set with the same input shape and front end")
     x = torch.cat([getattr(extra, s).x for s in t.splits])
     norm = bundle.info.get("normalize")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import TinyKDError
+from ..io import storage_error
 from .quiet import quiet
 
 INPUT, OUTPUT = "input", "logits"
@@ -20,8 +21,12 @@ def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path, *
     Uses the torch.export-based exporter; the TorchScript exporter is the fallback for models it cannot trace.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    try:  # a folder that cannot take the file is a storage problem, not a tracing one
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()
+    except OSError as exc:
+        raise storage_error(path, exc) from None
     model = model.eval()
     example = (torch.randn(2, *in_shape),)
     try:
@@ -37,9 +42,15 @@ def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path, *
                                   input_names=[INPUT], output_names=[OUTPUT],
                                   dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
         except Exception as second:  # noqa: BLE001
+            tmp.unlink(missing_ok=True)
+            if isinstance(first, OSError) or isinstance(second, OSError):
+                raise storage_error(path, second if isinstance(second, OSError) else first) from None
             raise TinyKDError(f"could not export {type(model).__name__} to ONNX: {first}; TorchScript exporter: {second}",
                               "make the model's forward traceable (no data-dependent Python control flow)") from None
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise storage_error(path, exc) from None
     return path
 
 
