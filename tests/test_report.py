@@ -577,3 +577,46 @@ def test_sparse_deployment_data_renders(tmp_path):
     assert "agree" in section and "Parity warnings" in section
     assert "✗ flash" in section and '<tr class="target">' in section
     assert "Training energy" in section and "Low-rank factorisation" in section and "1 entries" in section
+
+
+def _with_speedups(metrics: dict, *, noisy: bool) -> dict:
+    """The fixture run with what the measure stage adds: labelled speed-ups, the artifact to deploy, noise facts."""
+    v = metrics["variants"]
+    v["student_int8"]["latency"]["ort_int8"]["b1"]["noisy"] = noisy
+    metrics["speedups"] = {"same_runtime": {"what": "teacher vs distilled student, both fp32 in ONNX Runtime", "b1": 3.5},
+                           "int8_vs_fp32": {"what": "int8 vs fp32 distilled student, both in ONNX Runtime", "b1": 0.88},
+                           "deployed": {"what": "teacher in its fastest runtime (ort_fp32) vs the artifact to deploy",
+                                        "b1": 5.9}}
+    metrics["deploy"] = {"variant": "student", "runtime": "ort_fp32", "artifact": "artifacts/student.onnx",
+                         "latency_ms_b1": 0.05, "agreement": 1.0, "rule": "fastest at batch 1 that passes parity"}
+    v["teacher"]["best_runtime"] = "ort_fp32"
+    metrics["latency_quality"] = {"rounds": 5, "repeats": 400, "threads": 1, "max_p90_over_median": 2.1 if noisy else 1.1,
+                                  "max_round_spread": 1.1, "noisy": ["student_int8 in ort_int8 at b1"] if noisy else []}
+    metrics["health"] = {"dead_units": {"teacher": {"epoch": 1, "warning": "81 of 128 units of 'head.fc1' output 0"}}}
+    return metrics
+
+
+def test_findings_label_each_speedup_and_name_the_artifact_to_deploy():
+    from tinykd.report.narrative import findings
+
+    text = " ".join(findings(_with_speedups(load_run()[0], noisy=False)))
+    assert "on the same runtime (both fp32 in ONNX Runtime) the distilled student is 3.5× faster" in text
+    assert "int8 makes it 1.1× slower than its fp32 ONNX model" in text
+    assert "the teacher in ort_fp32, the student as artifacts/student.onnx in ort_fp32" in text and "5.9×" in text
+    assert "Deploy artifacts/student.onnx (ort_fp32, 0.05 ms at batch 1" in text
+    assert "Latency warning" not in text
+    assert "Training health: teacher: 81 of 128 units" in text
+    assert "Latency warning: 1 timing(s) were noisy" in " ".join(findings(_with_speedups(load_run()[0], noisy=True)))
+
+
+def test_deployment_section_times_every_variant_in_every_runtime():
+    from tinykd.report.deploy import latency_block
+
+    metrics = _with_speedups(load_run()[0], noisy=True)
+    html = latency_block(metrics)
+    rows = all_tables(html)[0]
+    runtimes = sum(len(v["latency"]) for v in metrics["variants"].values())
+    assert len(rows) == runtimes  # one row per variant and runtime
+    assert sum("deploy this" in r[0] for r in rows) == 1 and "ORT fp32" in next(r[0] for r in rows if "deploy this" in r[0])
+    assert html.count("noisy</span>") == 1
+    assert "5 rounds" in html and "teacher vs distilled student, both fp32 in ONNX Runtime" in html

@@ -31,9 +31,49 @@ def deployment_section(metrics: dict) -> str:
     """The whole ``<section>``, or an empty string when the run has no deployment data."""
     if not has_deployment_data(metrics):
         return ""
-    parts = [claims_table(metrics), parity_block(metrics), mcu_block(metrics), energy_block(metrics),
-             compression_block(metrics)]
+    parts = [claims_table(metrics), latency_block(metrics), parity_block(metrics), mcu_block(metrics),
+             energy_block(metrics), compression_block(metrics)]
     return '<section id="deployment"><h2>Deployment</h2>' + "".join(p for p in parts if p) + "</section>"
+
+
+# --- latency of every variant in every runtime -----------------------------------------------------
+
+
+def latency_block(metrics: dict) -> str:
+    """Every variant in every runtime it was timed in (interleaved rounds): median and p90 per batch size, noisy
+    timings marked; the labelled speed-ups; the artifact to deploy."""
+    variants = metrics.get("variants") or {}
+    rows, batches = [], []
+    for name in ordered_variants(metrics):
+        for per in (variants[name].get("latency") or {}).values():
+            batches += [b for b in per if b not in batches]
+    if not batches:
+        return ""
+    colors = variant_colors(metrics)
+    deploy = metrics.get("deploy") or {}
+    for name in ordered_variants(metrics):
+        for runtime, per in (variants[name].get("latency") or {}).items():
+            cells = []
+            for b in batches:
+                st = per.get(b) or {}
+                noisy = ' <span class="mark miss">noisy</span>' if st.get("noisy") else ""
+                cells += [num_cell(esc(format_sig(st.get("median_ms"))) + noisy), num_cell(esc(format_sig(st.get("p90_ms"))))]
+            chosen = deploy.get("variant") == name and deploy.get("runtime") == runtime
+            rows.append("<tr>" + variant_cell(variant_label(metrics, name), colors[name],
+                                              [runtime_name(runtime), "deploy this" if chosen else ""])
+                        + "".join(cells) + "</tr>")
+    head = ("<tr><th rowspan=2>Variant · runtime</th>" + "".join(f"<th colspan=2>batch {esc(b[1:])} (ms)</th>"
+                                                               for b in batches) + "</tr><tr>"
+            + "<th>median</th><th>p90</th>" * len(batches) + "</tr>")
+    q = metrics.get("latency_quality") or {}
+    note = (f"<p class=\"note\">Timed interleaved: {esc(q.get('rounds'))} rounds, every variant and runtime once per "
+            f"round in rotating order, {esc(q.get('repeats'))} batch-1 calls each, {esc(q.get('threads'))} thread(s). "
+            "A timing is marked noisy when its p90 exceeds 1.5× its median or its slowest round's median exceeds "
+            "1.25× its fastest's.</p>") if q else ""
+    speed = "".join(f"<li>{esc(v['what'])}: <b>{esc(format_factor(v.get('b1')))}</b> at batch 1</li>"
+                    for v in (metrics.get("speedups") or {}).values() if isinstance(v, dict))
+    speed = f"<ul>{speed}</ul>" if speed else ""
+    return "<h3>Latency by runtime</h3>" + speed + table(head, rows) + note
 
 
 # --- (i) against the seed claims ------------------------------------------------------------------

@@ -182,9 +182,11 @@ def speedup_sentence(metrics: dict) -> str:
                      f"{_times(s['same_runtime']['b1'], 'faster', 'slower')} than the teacher")
     if (s.get("int8_vs_fp32") or {}).get("b1"):
         parts.append(f"int8 makes it {_times(s['int8_vs_fp32']['b1'], 'faster', 'slower')} than its fp32 ONNX model")
-    if (s.get("deployed") or {}).get("b1"):
-        parts.append(f"deployed ({s['deployed']['what'].split(' vs ')[0].removeprefix('teacher ')} for the teacher, "
-                     f"the chosen artifact for the student) the speed-up is {format_factor(s['deployed']['b1'])}")
+    d = metrics.get("deploy") or {}
+    teacher_rt = variant_metric(metrics, "teacher", "best_runtime")
+    if (s.get("deployed") or {}).get("b1") and d.get("artifact"):
+        parts.append(f"deployed, each in its fastest runtime (the teacher in {teacher_rt}, the student as "
+                     f"{d['artifact']} in {d['runtime']}), the speed-up is {format_factor(s['deployed']['b1'])}")
     return ("Batch-1 latency: " + _join(parts) + ".") if parts else ""
 
 
@@ -193,7 +195,7 @@ def deploy_sentence(metrics: dict) -> str:
     d = metrics.get("deploy") or {}
     if not d.get("artifact"):
         return ""
-    return (f"Deploy {d['artifact']} ({d['runtime']}, {format_ms(d['latency_ms_b1'])} at batch 1, "
+    return (f"Deploy {d['artifact']} ({d['runtime']}, {format_ms(d['latency_ms_b1'])} ms at batch 1, "
             f"{_pct(d['agreement'])} agreement with the fp32 student): the {d['rule']}.")
 
 
