@@ -100,6 +100,14 @@ def test_python_tags_still_refused(tmp_path):
 def test_a_folder_is_not_a_recipe(tmp_path, capsys):  # row 21
     code, _, err = _cli(capsys, "run", tmp_path)
     assert code == 2 and "is a folder, not a recipe file" in err
+    (tmp_path / "recipe.yaml").write_text("name: x\n")
+    code, _, err = _cli(capsys, "run", tmp_path)
+    assert code == 2 and f"tinykd run --resume {tmp_path}" in err
+
+
+def test_resume_of_a_missing_folder_says_it_does_not_exist(tmp_path, capsys):  # row 21
+    code, _, err = _cli(capsys, "run", "--resume", tmp_path / "nope")
+    assert code == 2 and "run folder" in err and "does not exist" in err and "recipe.yaml" not in err
 
 
 # ----- rows 6-8: bounded values ------------------------------------------------------------------------------------
@@ -177,10 +185,10 @@ def test_disk_full_is_a_clean_error_and_resume_finishes(tmp_path, capsys, monkey
             raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
         real(tensors, path)
     monkeypatch.setattr(tio, "save_file", full)
-    code, _, err = _cli(capsys, "run", *TINY, f"output_dir={tmp_path / 'runs'}", "name=full")
+    code, _, err = _cli(capsys, "run", *TINY, f"output_dir={tmp_path / 'runs'}", "name=full", "--quiet")
     assert code == 2 and "could not write" in err and "No space left on device" in err and "free disk space" in err
-    assert "Traceback" not in err and "--resume" in err
     run_dir = tmp_path / "runs" / "full"
+    assert "Traceback" not in err and f"tinykd run --resume {run_dir}" in err  # shown with --quiet too
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "failed" and "No space left" in status["error"]
     assert not list(run_dir.rglob(".*.tmp"))  # no half-written file left
@@ -288,11 +296,38 @@ def test_raw_pickle_refused_without_torch_warning(tmp_path, recwarn):
     class Evil:
         def __reduce__(self):
             return (os.system, ("true",))
-    f = tmp_path / "evil.pt"
-    f.write_bytes(pickle.dumps({"w": Evil()}, protocol=2))
-    with pytest.raises(CheckpointError, match="refused to load"):
-        load_state_dict(f)
-    assert not [w for w in recwarn if "torch" in str(w.filename)]
+    for protocol in (2, 4, 5):  # 4 and 5 made torch warn "Detected pickle protocol" before the refusal
+        f = tmp_path / f"evil{protocol}.pt"
+        f.write_bytes(pickle.dumps({"w": Evil()}, protocol=protocol))
+        with pytest.raises(CheckpointError, match="refused to load"):
+            load_state_dict(f)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
+def test_storage_errors_say_what_to_free_or_fix(tmp_path):
+    import errno
+
+    from tinykd.io import storage_error
+    f = tmp_path / "x" / "last.safetensors"
+    cases = [(OSError(errno.ENOSPC, "No space left on device"), "free disk space"),
+             (PermissionError(errno.EACCES, "Permission denied"), "make " + str(f.parent) + " writable"),
+             (OSError(errno.EROFS, "Read-only file system"), "writable"),
+             (OSError(errno.EFBIG, "File too large"), "ulimit -f")]
+    for exc, fix in cases:
+        err = storage_error(f, exc)
+        assert str(f) in err.what and exc.strerror in err.what and fix in err.fix and "resume" in err.fix
+
+
+def test_summary_shows_a_dash_for_a_missing_ratio(finished, capsys):
+    import json
+
+    from rich.console import Console
+
+    from tinykd.cli import print_summary
+    metrics = json.loads((finished / "metrics.json").read_text())
+    metrics["ratios"] = {k: None for k in metrics["ratios"]} | {"compared": "student_int8 vs teacher"}
+    print_summary(metrics, Console(width=140))
+    assert "—" in capsys.readouterr().out
 
 
 # ----- row 15: labels with a gap --------------------------------------------------------------------------------------
