@@ -105,7 +105,9 @@ def test_int8_student_agrees_with_fp32_student(tiny_run):
     int8 = ort_predict(ort_session(d / "artifacts/student.int8.onnx"), test.x).argmax(1)
     assert np.mean(fp32 == int8) >= 0.95
     y = test.y.numpy()
-    assert np.mean(int8 == y) == pytest.approx(m["variants"]["student_int8"]["accuracy"], abs=1e-9)
+    # the pipeline feeds x·std + mean of the standardised split, equal to the file's values up to float rounding,
+    # which can move a prediction that sits on a decision boundary
+    assert np.mean(int8 == y) == pytest.approx(m["variants"]["student_int8"]["accuracy"], abs=1.5 / len(y))
     assert np.mean(fp32 == y) == pytest.approx(m["variants"]["student"]["accuracy"], abs=1.5 / len(y))
 
 

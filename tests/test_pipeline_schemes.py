@@ -79,7 +79,7 @@ def test_data_free_dafl_learns_without_data(tmp_path, monkeypatch):
             "adversarial term weight 1") in html
     # The generator is never exported: the artifacts are the teacher's and the student's only.
     names = sorted(p.name for p in (res.run_dir / "artifacts").iterdir())
-    assert names == ["student.int8.onnx", "student.onnx", "student_scratch.onnx", "teacher.onnx"]
+    assert names == ["preprocess.json", "student.int8.onnx", "student.onnx", "student_scratch.onnx", "teacher.onnx"]
     history = json.loads((res.run_dir / "student" / "last.json").read_text())["history"]
     assert len(history) == 4
 

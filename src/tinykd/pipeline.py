@@ -909,10 +909,13 @@ def _export(recipe: Recipe, models: dict, bundle: DataBundle, run_dir: Path, con
     out: dict[str, Path] = {}
     q, d = recipe.quantize, recipe.deploy
     norm = bundle.info.get("normalize")
-    if calib is None:
-        calib = calibration_subset(bundle.train.x, bundle.train.y, q.calibration_samples, recipe.seed)
+    # A data-free run's parity check reads the validation split alone: no training input, as in its calibration.
+    check, held_out = _parity_split(bundle, recipe.seed, n=len(bundle.val) if calib is not None else 2048)
+    if calib is None:  # calibrate on training inputs the parity check does not use, so the check sees unseen inputs
+        rest = torch.ones(len(bundle.train), dtype=torch.bool)
+        rest[held_out] = False
+        calib = calibration_subset(bundle.train.x[rest], bundle.train.y[rest], q.calibration_samples, recipe.seed)
     calib = raw_inputs(calib, norm)
-    check = _parity_split(bundle, recipe.seed)
     quant_facts: dict[str, dict] = {}
     with console.status("exporting to ONNX") as status:
         for name, model in models.items():
@@ -968,15 +971,13 @@ def _export(recipe: Recipe, models: dict, bundle: DataBundle, run_dir: Path, con
     return out, quant_facts
 
 
-def _parity_split(bundle: DataBundle, seed: int, n: int = 2048) -> np.ndarray:
-    """Raw inputs the int8 parity check runs on: the validation split (topped up from training inputs that
-    calibration did not necessarily see, to ``n``), never the test split."""
-    x = bundle.val.x
-    if len(x) < n:
-        g = torch.Generator().manual_seed(seed + 7)
-        extra = bundle.train.x[torch.randperm(len(bundle.train), generator=g)[: n - len(x)]]
-        x = torch.cat([x, extra])
-    return raw_inputs(x[:n], bundle.info.get("normalize"))
+def _parity_split(bundle: DataBundle, seed: int, n: int = 2048) -> tuple[np.ndarray, torch.Tensor]:
+    """Raw inputs the int8 parity check runs on, never the test split: the validation split, topped up to ``n``
+    with training inputs (at most a third of them) held out from calibration; and the indices of those."""
+    x = bundle.val.x[:n]
+    take = min(max(0, n - len(x)), len(bundle.train) // 3)  # nothing taken when the validation split fills n
+    held = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(seed + 7))[:take]
+    return raw_inputs(torch.cat([x, bundle.train.x[held]]), bundle.info.get("normalize")), held
 
 
 # runtime of each non-PyTorch artifact variant, and the fp32 model it was made from

@@ -6,6 +6,8 @@ BatchNorm into the preceding convolution); static quantization then calibrates a
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -19,7 +21,11 @@ class _Calibration:
     """An onnxruntime CalibrationDataReader over an in-memory array, one mini-batch at a time."""
 
     def __init__(self, name: str, x: np.ndarray, batch_size: int = 32):
-        self.batches = iter([{name: x[i:i + batch_size]} for i in range(0, len(x), batch_size)])
+        # Equal-sized batches only: the histogram calibrators (entropy, percentile) stack the per-batch outputs and
+        # fail on a shorter last batch, so a remainder is dropped (all of ``x`` is one batch when it is smaller).
+        batch_size = min(batch_size, len(x))
+        usable = len(x) - len(x) % batch_size
+        self.batches = iter([{name: x[i:i + batch_size]} for i in range(0, usable, batch_size)])
 
     def get_next(self):
         return next(self.batches, None)
@@ -62,9 +68,10 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, calib: np
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         out = Path(tmp) / "int8.onnx"
-        quantize_static(str(pre), str(out), _Calibration(name, calib), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=act, weight_type=QuantType.QInt8,
-                        calibrate_method=method, nodes_to_exclude=list(nodes_to_exclude or []))
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+            quantize_static(str(pre), str(out), _Calibration(name, calib), quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, activation_type=act, weight_type=QuantType.QInt8,
+                            calibrate_method=method, nodes_to_exclude=list(nodes_to_exclude or []))
         int8_path.parent.mkdir(parents=True, exist_ok=True)
         out.replace(int8_path)
     return int8_path
@@ -104,21 +111,23 @@ def quantize_with_parity(fp32_path: str | Path, int8_path: str | Path, calib: np
         return agreement(ort_predict(ort_session(int8_path), check).argmax(1), ref)
 
     kept = list(keep_fp32) if isinstance(keep_fp32, (list, tuple)) else []
-    agree, tried = attempt(kept), 1
+    attempts = [{"kept_fp32": list(kept), "agreement": attempt(kept)}]
+    agree = attempts[0]["agreement"]
     if agree < target and keep_fp32 == "auto":
         nodes = quantizable_nodes(fp32_path)
-        gains = {}
+        alone = {}
         for node in nodes:
-            gains[node] = attempt([node])
-            tried += 1
-        for node in sorted(nodes, key=lambda n: -gains[n]):
+            alone[node] = attempt([node])
+            attempts.append({"kept_fp32": [node], "agreement": alone[node]})
+        for node in sorted(nodes, key=lambda n: -alone[n]):
             kept.append(node)
             agree = attempt(kept)
-            tried += 1
+            attempts.append({"kept_fp32": list(kept), "agreement": agree})
             if agree >= target:
                 break
     return Path(int8_path), {"agreement": float(agree), "target": target, "checked_on": int(len(check)),
-                             "kept_fp32": kept, "tried": tried, "calibration_samples": int(len(calib))}
+                             "kept_fp32": kept, "quantized_nodes": len(quantizable_nodes(fp32_path)) - len(kept),
+                             "attempts": attempts, "calibration_samples": int(len(calib))}
 
 
 def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *, op_types: tuple[str, ...] | None = ("MatMul",),
