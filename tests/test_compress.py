@@ -367,3 +367,43 @@ def test_onnx_conversions_report_a_missing_file(tmp_path):
         quantize_onnx_dynamic(tmp_path / "missing.onnx", tmp_path / "out.onnx")
     with pytest.raises(TinyKDError, match="export the fp32 model first"):
         convert_onnx_fp16(tmp_path / "missing.onnx", tmp_path / "out.onnx")
+
+
+def _mlp_onnx(tmp_path):
+    import torch
+    from torch import nn
+
+    from tinykd.deploy.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    return export_onnx(model, (6,), tmp_path / "mlp.onnx")
+
+
+def test_parity_quantization_stops_at_the_first_setting_that_meets_the_target(tmp_path):
+    from tinykd.compress.quantize import quantizable_nodes, quantize_with_parity
+
+    fp32 = _mlp_onnx(tmp_path)
+    rng = np.random.default_rng(0)
+    calib, check = rng.standard_normal((256, 6), dtype=np.float32), rng.standard_normal((512, 6), dtype=np.float32)
+    # target 0: the plain int8 model meets it, nothing else is tried
+    _, facts = quantize_with_parity(fp32, tmp_path / "a.onnx", calib, check, target=0.0)
+    assert facts["met"] and len(facts["attempts"]) == 1 and facts["kept_fp32"] == [] and facts["quantized_nodes"] == 3
+    # an unreachable target: 16-bit activations, then each layer alone, then the most sensitive first; one layer
+    # always stays quantized and the best attempt is kept, marked as missing the target
+    path, facts = quantize_with_parity(fp32, tmp_path / "b.onnx", calib, check, target=1.01)
+    nodes = quantizable_nodes(fp32)
+    assert len(nodes) == 3 and not facts["met"]
+    acts = [a["activation_type"] for a in facts["attempts"]]
+    assert acts[:2] == ["uint8", "uint16"] and len(facts["attempts"]) == 2 + 3 + 2
+    assert facts["quantized_nodes"] >= 1 and len(facts["kept_fp32"]) <= 2
+    assert facts["agreement"] == max(a["agreement"] for a in facts["attempts"])
+    # the chosen model is the one on disk: its agreement recomputed independently
+    from tinykd.deploy.onnx import ort_predict, ort_session
+
+    ref = ort_predict(ort_session(fp32), check).argmax(1)
+    got = ort_predict(ort_session(path), check).argmax(1)
+    assert np.mean(ref == got) == pytest.approx(facts["agreement"])
+    # an explicit list keeps exactly those nodes in fp32
+    _, facts = quantize_with_parity(fp32, tmp_path / "c.onnx", calib, check, target=1.01, keep_fp32=[nodes[0]])
+    assert facts["kept_fp32"] == [nodes[0]] and len(facts["attempts"]) == 1

@@ -965,6 +965,8 @@ def _export(recipe: Recipe, models: dict, bundle: DataBundle, run_dir: Path, con
     for name, facts in quant_facts.items():
         kept = f", {len(facts['kept_fp32'])} node(s) kept in fp32 ({', '.join(facts['kept_fp32'])})" \
             if facts["kept_fp32"] else ""
+        kept += ", 16-bit activations (int8 weights)" if facts["activation_type"].endswith("16") else ""
+        kept += "" if facts["met"] else f" [yellow](below the {100 * facts['target']:.1f}% target)[/]"
         console.print(f"{name}: agrees with fp32 on {100 * facts['agreement']:.1f}% of {facts['checked_on']} "
                       f"validation inputs{kept}")
     console.print(f"artifacts: {', '.join(p.name for p in out.values())}, preprocess.json")
@@ -1174,7 +1176,8 @@ def _mcu(recipe: Recipe, artifacts: dict, variants: dict, console: Console) -> d
         return None
     d = recipe.deploy
     flash = file_bytes(artifacts[name])
-    peak = peak_activation_memory(artifacts["student"], activation_bytes=1)
+    act = (variants[name].get("quantization") or {}).get("activation_type", "uint8")
+    peak = peak_activation_memory(artifacts["student"], activation_bytes=2 if act.endswith("16") else 1)
     boards = {}
     notes = {}
     for spec in d.boards:

@@ -223,7 +223,7 @@ class QuantizeConfig(_Section):
     per_channel: bool = True
     calibration_samples: int = Field(4096, ge=1, le=1_000_000)  # capped by the training split's size
     calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    activation_type: Literal["uint8", "int8"] = "uint8"
+    activation_type: Literal["uint8", "int8", "uint16", "int16"] = "uint8"
     # Agreement with the fp32 student (validation inputs) the int8 model must reach. Below it, ``keep_fp32: auto``
     # keeps the most sensitive layers (Conv / Gemm / MatMul nodes, most sensitive first) in fp32 until it does;
     # a list names the ONNX nodes to keep in fp32; ``none`` keeps every layer quantized.

@@ -60,7 +60,10 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, calib: np
     int8_path = Path(int8_path)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calibrate_method]
-    act = QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8
+    act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16,
+           "int16": QuantType.QInt16}[activation_type]
+    # 16-bit activations (A16W8) need Q/DQ of 16-bit integers: ONNX Runtime's contrib ops at opset < 21
+    extra = {"UseQDQContribOps": True} if activation_type.endswith("16") else {}
     import onnx
 
     name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
@@ -68,16 +71,32 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, calib: np
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         out = Path(tmp) / "int8.onnx"
-        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():  # calibrators print progress
             quantize_static(str(pre), str(out), _Calibration(name, calib), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=act, weight_type=QuantType.QInt8,
-                            calibrate_method=method, nodes_to_exclude=list(nodes_to_exclude or []))
+                            calibrate_method=method, nodes_to_exclude=list(nodes_to_exclude or []),
+                            extra_options=extra)
         int8_path.parent.mkdir(parents=True, exist_ok=True)
         out.replace(int8_path)
     return int8_path
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ONNX Runtime's quantizer warns through the root logger (e.g. the opset update for 16-bit activations)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 SENSITIVE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+WIDE = {"uint8": "uint16", "int8": "int16"}  # the 16-bit activations tried when 8-bit ones fall short
 
 
 def quantizable_nodes(fp32_path: str | Path) -> list[str]:
@@ -93,41 +112,57 @@ def quantizable_nodes(fp32_path: str | Path) -> list[str]:
 
 
 def quantize_with_parity(fp32_path: str | Path, int8_path: str | Path, calib: np.ndarray, check: np.ndarray, *,
-                         target: float = 0.99, keep_fp32: str | list[str] = "auto", **options) -> tuple[Path, dict]:
+                         target: float = 0.99, keep_fp32: str | list[str] = "auto", activation_type: str = "uint8",
+                         **options) -> tuple[Path, dict]:
     """Static int8 that agrees with its fp32 model on at least ``target`` of the ``check`` inputs' predictions.
 
-    Quantizes every layer first. If agreement falls short and ``keep_fp32`` is ``"auto"``, each weight layer's
-    sensitivity is measured (agreement with only that layer kept in fp32), and layers are kept in fp32 in order of
-    sensitivity until the target is met (or all are). A list keeps exactly those nodes in fp32. Returns the path and
-    {agreement, target, checked_on, kept_fp32, tried} for the report.
+    Quantizes every layer first (int8 weights, ``activation_type`` activations). If agreement falls short and
+    ``keep_fp32`` is ``"auto"``: 16-bit activations with int8 weights (A16W8: the weights stay int8, the file stays
+    small); then, with 8-bit activations, the weight layers are kept in fp32 in order of sensitivity (agreement with
+    only that layer kept in fp32) until the target is met. At least one layer always stays quantized; when nothing
+    meets the target, the attempt that agrees most is kept and ``met`` is False. A list keeps exactly those nodes in
+    fp32. Returns the path and {agreement, met, target, checked_on, activation_type, kept_fp32, attempts, ...}.
     """
     from ..deploy.onnx import ort_predict, ort_session
     from ..measure import agreement
 
     ref = ort_predict(ort_session(fp32_path), check).argmax(1)
+    attempts: list[dict] = []
 
-    def attempt(exclude: list[str]) -> float:
-        quantize_onnx_static(fp32_path, int8_path, calib, nodes_to_exclude=exclude, **options)
-        return agreement(ort_predict(ort_session(int8_path), check).argmax(1), ref)
+    def attempt(exclude: list[str], act: str) -> dict:
+        quantize_onnx_static(fp32_path, int8_path, calib, nodes_to_exclude=exclude, activation_type=act, **options)
+        row = {"kept_fp32": list(exclude), "activation_type": act,
+               "agreement": agreement(ort_predict(ort_session(int8_path), check).argmax(1), ref)}
+        attempts.append(row)
+        return row
 
     kept = list(keep_fp32) if isinstance(keep_fp32, (list, tuple)) else []
-    attempts = [{"kept_fp32": list(kept), "agreement": attempt(kept)}]
-    agree = attempts[0]["agreement"]
-    if agree < target and keep_fp32 == "auto":
+    best = attempt(kept, activation_type)
+    if best["agreement"] < target and keep_fp32 == "auto":
         nodes = quantizable_nodes(fp32_path)
-        alone = {}
-        for node in nodes:
-            alone[node] = attempt([node])
-            attempts.append({"kept_fp32": [node], "agreement": alone[node]})
-        for node in sorted(nodes, key=lambda n: -alone[n]):
-            kept.append(node)
-            agree = attempt(kept)
-            attempts.append({"kept_fp32": list(kept), "agreement": agree})
-            if agree >= target:
-                break
-    return Path(int8_path), {"agreement": float(agree), "target": target, "checked_on": int(len(check)),
-                             "kept_fp32": kept, "quantized_nodes": len(quantizable_nodes(fp32_path)) - len(kept),
-                             "attempts": attempts, "calibration_samples": int(len(calib))}
+        candidates = [attempt([], WIDE[activation_type])] if activation_type in WIDE else []
+        if candidates[-1:] and candidates[-1]["agreement"] >= target:
+            best = candidates[-1]
+        else:
+            alone = {n: attempt([n], activation_type)["agreement"] for n in nodes} if len(nodes) > 1 else {}
+            for node in sorted(alone, key=lambda n: -alone[n])[: len(nodes) - 1]:
+                kept.append(node)
+                row = attempt(kept, activation_type)
+                if row["agreement"] >= target:
+                    break
+            met = [a for a in attempts if a["agreement"] >= target]
+            # the first attempt that meets the target (the fewest layers in fp32 / the narrowest activations), else
+            # the one that agrees most
+            best = met[0] if met else max(attempts, key=lambda a: a["agreement"])
+        if attempts[-1] is not best:  # leave the chosen model on disk
+            quantize_onnx_static(fp32_path, int8_path, calib, nodes_to_exclude=best["kept_fp32"],
+                                 activation_type=best["activation_type"], **options)
+    n_nodes = len(quantizable_nodes(fp32_path))
+    return Path(int8_path), {"agreement": float(best["agreement"]), "met": bool(best["agreement"] >= target),
+                             "target": target, "checked_on": int(len(check)),
+                             "activation_type": best["activation_type"], "kept_fp32": best["kept_fp32"],
+                             "quantized_nodes": n_nodes - len(best["kept_fp32"]), "attempts": attempts,
+                             "calibration_samples": int(len(calib))}
 
 
 def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *, op_types: tuple[str, ...] | None = ("MatMul",),
