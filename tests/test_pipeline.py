@@ -235,3 +235,30 @@ def test_a_labelling_budget_feeds_the_rest_to_the_distilled_student_alone(tmp_pa
     sizes = result.metrics["run"]["split_sizes"]
     assert sizes["train"] == 300 and sizes["unlabelled"] > 0
     assert seen == {"teacher": None, "student_scratch": None, "student": sizes["unlabelled"]}
+
+
+def test_every_runtime_takes_raw_inputs(tmp_path):
+    """TFLite and ExecuTorch artifacts carry the standardisation too: raw test inputs give their reported accuracy,
+    and every runtime of every variant is timed."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("executorch")
+    from tinykd.data import load_dataset
+    from tinykd.deploy.executorch import pte_predict
+    from tinykd.deploy.tflite import tflite_predict
+
+    recipe = load_recipe(TINY, [f"output_dir={tmp_path}", "teacher.train.epochs=1", "student.train.epochs=2",
+                                "report.enabled=false", "measure.repeats=5", "deploy.tflite=true",
+                                "deploy.executorch=true", *ON_CPU])
+    res = run(recipe, progress=False)
+    art, v = res.run_dir / "artifacts", res.metrics["variants"]
+    test = load_dataset("digits", seed=0, normalize=False).test
+    y = test.y.numpy()
+    for name, predict in (("student_tflite", lambda: tflite_predict(art / "student.tflite", test.x)),
+                          ("student_tflite_int8", lambda: tflite_predict(art / "student.int8.tflite", test.x)),
+                          ("student_pte", lambda: pte_predict(art / "student.pte", test.x))):
+        assert np.mean(predict().argmax(1) == y) == pytest.approx(v[name]["accuracy"], abs=1.5 / len(y)), name
+    for name in ("student_tflite", "student_pte"):
+        assert v[name]["agreement_with_fp32_student"] >= 0.99
+        assert v[name]["latency"][v[name]["runtime"]]["b1"]["rounds"] == 5
+    assert {c["variant"] for c in res.metrics["deploy"]["candidates"]} >= {"student", "student_int8", "student_tflite",
+                                                                          "student_tflite_int8", "student_pte"}

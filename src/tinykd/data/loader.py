@@ -136,8 +136,8 @@ def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fract
     ``path`` (and any ``*_path`` option) is tried relative to the working directory, then to
     ``base_dir`` (the recipe's folder). ``limit`` caps each split; ``normalize`` standardizes all
     splits with the train split's scalar mean/std. ``labelled`` keeps the labels of that many training samples
-    (stratified) and moves the other training inputs to ``bundle.unlabelled`` (inputs only: a labelling budget, the
-    rest of the data for the teacher to label). ``options`` are the dataset's own options.
+    (stratified; a budget of the whole split or more labels every sample) and moves the other training inputs to
+    ``bundle.unlabelled`` (inputs only, for the teacher to label). ``options`` are the dataset's own options.
     """
     entry = get_dataset(name)
     check_options(entry, options)
@@ -148,7 +148,7 @@ def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fract
     splits, made = _make_splits(raw, rng, val_fraction, test_fraction)
     if limit is not None:
         splits = {k: limit_split(*v, limit, rng) for k, v in splits.items()}
-    if labelled is not None:
+    if labelled is not None and labelled < len(splits["train"][1]):  # a budget of all samples or more: no budget
         splits["train"], splits["unlabelled"] = _label_budget(*splits["train"], labelled, rng)
     norm = standardize(splits) if normalize else None
     info = {"dataset": name, "path": str(resolved) if resolved else None, **raw.info,
@@ -166,9 +166,6 @@ def _label_budget(x: np.ndarray, y: np.ndarray, labelled: int, rng: np.random.Ge
     if isinstance(labelled, bool) or not isinstance(labelled, int) or labelled < 1:
         raise DataError(f"labelled must be a positive number of training samples, got {labelled!r}",
                         "set data.labelled to e.g. 1000, or leave it out to label every training sample")
-    if labelled >= len(y):
-        raise DataError(f"labelled = {labelled} keeps every one of the {len(y)} training samples, leaving none "
-                        "unlabelled", f"set data.labelled below {len(y)}, or leave it out")
     if labelled < len(np.unique(y)):
         raise DataError(f"labelled = {labelled} is fewer than the {len(np.unique(y))} classes",
                         "label at least one sample per class")
