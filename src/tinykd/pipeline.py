@@ -1104,7 +1104,8 @@ def _deploy_choice(variants: dict) -> dict:
     return {**pick, "rule": rule, "candidates": cands}
 
 
-def _b(latency: dict, runtime: str, batch: str) -> float | None:
+def _median(latency: dict, runtime: str, batch: str) -> float | None:
+    """The median latency of one runtime at one batch size, or None where it was not timed."""
     return ((latency.get(runtime) or {}).get(batch) or {}).get("median_ms")
 
 
@@ -1116,18 +1117,18 @@ def _speedups(variants: dict, deploy: dict) -> dict:
     t, s = variants["teacher"], variants["student"]
     batches = [k for k in t["latency"]["pytorch"]]
     out = {"same_runtime": {"what": "teacher vs distilled student, both fp32 in ONNX Runtime",
-                            **{b: ratio(_b(t["latency"], "ort_fp32", b), _b(s["latency"], "ort_fp32", b))
+                            **{b: ratio(_median(t["latency"], "ort_fp32", b), _median(s["latency"], "ort_fp32", b))
                                for b in batches}}}
     if "student_int8" in variants:
         q = variants["student_int8"]
         out["int8_vs_fp32"] = {"what": "int8 vs fp32 distilled student, both in ONNX Runtime",
-                               **{b: ratio(_b(s["latency"], "ort_fp32", b), _b(q["latency"], "ort_int8", b))
+                               **{b: ratio(_median(s["latency"], "ort_fp32", b), _median(q["latency"], "ort_int8", b))
                                   for b in batches}}
     d = variants[deploy["variant"]]["latency"]
     out["deployed"] = {"what": f"teacher in its fastest runtime ({t['best_runtime']}) vs the artifact to deploy "
                                f"({deploy['artifact']}, {deploy['runtime']})",
                        **{b: ratio(min(x[b]["median_ms"] for x in t["latency"].values() if b in x),
-                                   _b(d, deploy["runtime"], b)) for b in batches}}
+                                   _median(d, deploy["runtime"], b)) for b in batches}}
     return out
 
 
