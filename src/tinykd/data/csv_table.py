@@ -110,6 +110,7 @@ def csv_table(path: Path, *, label_column: str | int = "label", header: bool = T
     spec = InputSpec((x.shape[1],), len(classes), "tabular", classes)
     info = {"files": [str(path)] + ([str(test_path)] if test_path else []),
             "label_column": names[label_at] if names else label_at, "feature_columns": features}
+    sources = {"train": path.name, **({"test": Path(test_path).name} if test_path else {})}
     if test is None:
-        return RawData(x, encoded[0], spec, info=info)
-    return RawData(x, encoded[0], spec, x_test=test[0], y_test=encoded[1], info=info)
+        return RawData(x, encoded[0], spec, info=info, sources=sources)
+    return RawData(x, encoded[0], spec, x_test=test[0], y_test=encoded[1], info=info, sources=sources)

@@ -107,6 +107,8 @@ def idx(path: Path) -> RawData:
     labels = np.concatenate([y, test[1]]) if test else y
     spec = InputSpec(tuple(x.shape[1:]), int(labels.max()) + 1, "image")
     info = {"files": files + (test[2] if test else []), "scale": "pixel / 255"}
+    sources = {"train": " + ".join(Path(f).name for f in files)}
     if test is None:
-        return RawData(x, y, spec, info=info)
-    return RawData(x, y, spec, x_test=test[0], y_test=test[1], info=info)
+        return RawData(x, y, spec, info=info, sources=sources)
+    sources["test"] = " + ".join(Path(f).name for f in test[2])
+    return RawData(x, y, spec, x_test=test[0], y_test=test[1], info=info, sources=sources)

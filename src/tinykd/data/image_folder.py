@@ -95,4 +95,6 @@ def image_folder(path: Path, *, grayscale: bool = True, size: list[int] | int | 
     info = {"files": [str(f) for f in folders.values()], "num_files": {k: len(v[1]) for k, v in arrays.items()},
             "image": {"mode": mode, "size": list(hw), "resample": "bilinear", "scale": "pixel / 255"}}
     test, val = arrays.get("test", (None, None)), arrays.get("val", (None, None))
-    return RawData(*arrays["train"], spec, x_test=test[0], y_test=test[1], x_val=val[0], y_val=val[1], info=info)
+    sources = {split: f"{folder.name}/" for split, folder in folders.items()}
+    return RawData(*arrays["train"], spec, x_test=test[0], y_test=test[1], x_val=val[0], y_val=val[1], info=info,
+                   sources=sources)

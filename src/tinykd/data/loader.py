@@ -1,19 +1,22 @@
-"""``load_dataset``: resolve the path, run the registered reader, then split, limit, normalize and wrap.
+"""``load_dataset``: resolve the path, run the registered reader, then name the classes, limit, split, normalize
+and wrap.
 
-All randomness comes from one ``numpy.random.default_rng(seed)``, used in a fixed order (test split,
-val split, then limits), so the same arguments always give the same bundle.
+All randomness comes from one ``numpy.random.default_rng(seed)``, used in a fixed order (limit, test split,
+val split, labelling budget), so the same arguments always give the same bundle.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from tinykd.data.classes import apply_class_names, read_class_names
 from tinykd.data.registry import DatasetEntry, RawData, check_options, get_dataset
 from tinykd.data.spec import DataBundle, Split
-from tinykd.data.splits import Arrays, limit_split, standardize, stratified_pick, stratified_split
+from tinykd.data.splits import Arrays, allocate, limit_split, standardize, stratified_pick, stratified_split
 from tinykd.errors import DataError
 
 
@@ -95,25 +98,71 @@ def _check_classes(raw: RawData, where: str) -> None:
                         where=where)
 
 
-def _make_splits(raw: RawData, rng: np.random.Generator, val_fraction: float,
-                 test_fraction: float) -> tuple[dict[str, Arrays], dict[str, str]]:
-    """Train/val/test arrays, using the source's own test/val splits and stratified splits otherwise."""
-    train = _arrays(raw.x, raw.y, raw, "train")
-    made = {"test": "predefined", "val": "predefined"}
+def _source_names(raw: RawData, parts: dict[str, Arrays]) -> dict[str, str]:
+    """What each part of the source is, for the split records: the reader's words, else the files read."""
+    files = " + ".join(Path(f).name for f in raw.info.get("files") or []) or "the source"
+    fallback = {"train": files, "val": "the source's own validation split", "test": "the source's own test split"}
+    return {k: raw.sources.get(k) or fallback[k] for k in parts}
+
+
+def _limit_parts(parts: dict[str, Arrays], limit: int, rng: np.random.Generator) -> dict[str, tuple[int, int]]:
+    """Cut the source's parts (train and its own val/test files) in place to ``limit`` samples in all, each in
+    proportion to its size and stratified within it; returns {part: (kept, of)} for the parts that were cut."""
+    sizes = np.array([len(y) for _, y in parts.values()])
+    if limit >= sizes.sum():
+        return {}
+    take = allocate(sizes, limit)
+    for (name, (_, y)), n in zip(parts.items(), take):
+        classes = len(np.unique(y))
+        if n < classes:
+            need = max(int(np.ceil(len(np.unique(y_)) * sizes.sum() / len(y_))) for _, y_ in parts.values())
+            raise DataError(f"limit = {limit} draws {n} sample(s) from the {name} part of the data "
+                            f"({len(y):,} samples), fewer than its {classes} classes",
+                            f"set data.limit to at least {need}, or leave it out")
+    drawn = {}
+    for (name, (x, y)), n in zip(list(parts.items()), take):
+        if n < len(y):
+            parts[name] = limit_split(x, y, int(n), rng)
+            drawn[name] = (int(n), len(y))
+    return drawn
+
+
+def _make_splits(raw: RawData, rng: np.random.Generator, val_fraction: float, test_fraction: float,
+                 limit: int | None) -> tuple[dict[str, Arrays], dict[str, str], list[str]]:
+    """Train/val/test arrays, a sentence per split saying where it came from, and the settings that did not apply.
+
+    The source's own val/test parts are used as they are; otherwise the test split, then the val split, is drawn
+    stratified from the training part. ``limit`` first cuts the whole source to that many samples."""
+    parts = {"train": _arrays(raw.x, raw.y, raw, "train")}
     if raw.x_test is not None:
-        test = _arrays(raw.x_test, raw.y_test, raw, "test")
+        parts["test"] = _arrays(raw.x_test, raw.y_test, raw, "test")
+    if raw.x_val is not None:
+        parts["val"] = _arrays(raw.x_val, raw.y_val, raw, "val")
+    names, unused = _source_names(raw, parts), []
+    total = sum(len(y) for _, y in parts.values())
+    drawn = _limit_parts(parts, limit, rng) if limit is not None else {}
+    if limit is not None and not drawn:
+        unused.append(f"limit {limit}: the data has {total:,} samples, all used")
+    pool = {k: f"{v} (limit: {drawn[k][0]:,} of its {drawn[k][1]:,} samples, stratified)" if k in drawn else v
+            for k, v in names.items()}
+    train, made, rest = parts["train"], {}, ""
+    if "test" in parts:
+        test, made["test"] = parts["test"], f"predefined: {pool['test']}"
+        unused.append(f"test_fraction {test_fraction}: the test split is the data's own ({names['test']})")
     else:
         train, test = stratified_split(*train, test_fraction, rng)
-        made["test"] = f"stratified {test_fraction} of the source's train data"
-    if raw.x_val is not None:
-        val = _arrays(raw.x_val, raw.y_val, raw, "val")
+        made["test"], rest = f"stratified {test_fraction} of {pool['train']}", "the rest of "
+    if "val" in parts:
+        val, made["val"] = parts["val"], f"predefined: {pool['val']}"
+        unused.append(f"val_fraction {val_fraction}: the validation split is the data's own ({names['val']})")
     else:
         train, val = stratified_split(*train, val_fraction, rng)
-        made["val"] = f"stratified {val_fraction} of train"
+        made["val"], rest = f"stratified {val_fraction} of {rest}{pool['train']}", "the rest of "
+    made = {"train": f"{rest or 'all of '}{pool['train']}", "val": made["val"], "test": made["test"]}
     if len(train[1]) == 0:
         raise DataError("no training samples left after splitting",
                         "lower val_fraction/test_fraction or add data")
-    return {"train": train, "val": val, "test": test}, made
+    return {"train": train, "val": val, "test": test}, made, unused
 
 
 def _options_info(entry: DatasetEntry, options: dict[str, Any]) -> dict[str, Any]:
@@ -130,30 +179,41 @@ def _resolve_path_options(options: dict[str, Any], base_dir: str | None) -> dict
 
 def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fraction: float = 0.1,
                  test_fraction: float = 0.2, normalize: bool = True, limit: int | None = None,
-                 labelled: int | None = None, base_dir: str | None = None, **options: Any) -> DataBundle:
+                 labelled: int | None = None, class_names: Sequence[str] | str | Path | None = None,
+                 base_dir: str | None = None, **options: Any) -> DataBundle:
     """Load dataset ``name`` as seed-deterministic, stratified train/val/test splits (float32 x, int64 y).
 
     ``path`` (and any ``*_path`` option) is tried relative to the working directory, then to
-    ``base_dir`` (the recipe's folder). ``limit`` caps each split; ``normalize`` standardizes all
-    splits with the train split's scalar mean/std. ``labelled`` keeps the labels of that many training samples
-    (stratified; a budget of the whole split or more labels every sample) and moves the other training inputs to
-    ``bundle.unlabelled`` (inputs only, for the teacher to label). ``options`` are the dataset's own options.
+    ``base_dir`` (the recipe's folder). ``limit`` is the number of samples used in all: drawn stratified from the
+    source before it is split (from its own test/val files too, each in proportion to its size), so train + val +
+    test = ``limit``. ``normalize`` standardizes all splits with the train split's scalar mean/std. ``labelled``
+    keeps the labels of that many training samples (stratified; a budget of the whole split or more labels every
+    sample) and moves the other training inputs to ``bundle.unlabelled`` (inputs only, for the teacher to label).
+    ``class_names``: a list, or a file of one name per line (see ``classes.apply_class_names``). ``options`` are the
+    dataset's own options. ``info["splits"]`` says where each split came from, ``info["not_applied"]`` which
+    settings had no effect.
     """
     entry = get_dataset(name)
     check_options(entry, options)
     _check_settings(seed, val_fraction, test_fraction, limit)
     raw, resolved = _run_reader(entry, path, base_dir, _resolve_path_options(options, base_dir))
     _check_classes(raw, str(resolved) if resolved else name)
+    if class_names is not None:
+        file = resolve_path(class_names, base_dir) if isinstance(class_names, (str, Path)) else None
+        raw = apply_class_names(raw, read_class_names(file or class_names), where=str(file) if file else None)
     rng = np.random.default_rng(seed)
-    splits, made = _make_splits(raw, rng, val_fraction, test_fraction)
-    if limit is not None:
-        splits = {k: limit_split(*v, limit, rng) for k, v in splits.items()}
+    splits, made, unused = _make_splits(raw, rng, val_fraction, test_fraction, limit)
     if labelled is not None and labelled < len(splits["train"][1]):  # a budget of all samples or more: no budget
         splits["train"], splits["unlabelled"] = _label_budget(*splits["train"], labelled, rng)
+        made["train"] += f", of which a stratified {labelled:,} keep their labels (labelled)"
+        made["unlabelled"] = "the other training samples, their labels dropped (labelled)"
+    elif labelled is not None:
+        unused.append(f"labelled {labelled}: the training split has {len(splits['train'][1]):,} samples, "
+                      "all keep their labels")
     norm = standardize(splits) if normalize else None
     info = {"dataset": name, "path": str(resolved) if resolved else None, **raw.info,
-            "options": _options_info(entry, options), "seed": seed, "splits": made, "limit": limit,
-            "sizes": {k: len(v[1]) for k, v in splits.items()}, "normalize": norm}
+            "options": _options_info(entry, options), "seed": seed, "splits": made, "not_applied": unused,
+            "limit": limit, "sizes": {k: len(v[1]) for k, v in splits.items()}, "normalize": norm}
     bundle_name = f"{name}:{resolved.name}" if resolved else name
     unlabelled = splits.pop("unlabelled", None)
     tensors = {k: Split(torch.from_numpy(x), torch.from_numpy(y)) for k, (x, y) in splits.items()}

@@ -96,7 +96,9 @@ def npz(path: Path, *, x_key: str = "x", y_key: str = "y", x_test_key: str = "x_
     info = {"files": [str(path)], "keys": [x_key, y_key] + ([x_test_key, y_test_key] if test else []),
             "scale": "value / 255" if x.dtype == np.uint8 else "as stored"}
     train_x = _inputs(x, x.shape[1:], shape, x_key, path)
+    sources = {"train": f"arrays {x_key}, {y_key} of {path.name}"}
     if test is None:
-        return RawData(train_x, labels[0], spec, info=info)
+        return RawData(train_x, labels[0], spec, info=info, sources=sources)
     test_x = _inputs(test[0], x.shape[1:], shape, x_test_key, path)
-    return RawData(train_x, labels[0], spec, x_test=test_x, y_test=labels[1], info=info)
+    sources["test"] = f"arrays {x_test_key}, {y_test_key} of {path.name}"
+    return RawData(train_x, labels[0], spec, x_test=test_x, y_test=labels[1], info=info, sources=sources)

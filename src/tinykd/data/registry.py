@@ -18,6 +18,8 @@ from tinykd.data.spec import InputSpec
 from tinykd.errors import DataError, closest, unknown_name
 
 DatasetFn = Callable[..., "RawData"]
+# load_dataset's own settings (data.<key> in a recipe), which no reader takes as an option
+DATA_SETTINGS = ("class_names", "labelled", "limit", "normalize", "test_fraction", "val_fraction")
 
 
 @dataclass
@@ -32,6 +34,9 @@ class RawData:
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)  # "files" read plus reader/front-end settings
+    # Where each part came from, for the run facts: {"train": "train.csv", "test": "test.csv"}; parts not named
+    # fall back to the files read.
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,9 @@ def check_options(entry: DatasetEntry, options: dict[str, Any]) -> None:
     for key in options:
         if key in valid:
             continue
+        if key in DATA_SETTINGS:
+            raise DataError(f"'{key}' is a setting of every dataset, not an option of the '{entry.name}' reader",
+                            f"set data.{key} next to data.name, not under data.options")
         guess = closest(key, valid)
         hint = f"did you mean '{guess}'? " if guess else ""
         allowed = f"valid options: {', '.join(valid)}" if valid else f"dataset '{entry.name}' takes no options"

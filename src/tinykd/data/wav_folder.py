@@ -87,7 +87,10 @@ def wav_folder(path: Path, *, split: str = "official", sample_rate: int = 8000, 
             "speakers": sorted({p["speaker"] for p in parts}), "split_rule": split,
             "front_end": front_end.to_dict()}
     if split == "random":
-        return RawData(features, labels, spec, info=info)
+        return RawData(features, labels, spec, info=info, sources={"train": f"the .wav files of {path.name}/"})
     test = np.array([int(p["index"]) in OFFICIAL_TEST_INDICES for p in parts])
-    return RawData(features[~test], labels[~test], spec, x_test=features[test], y_test=labels[test], info=info)
+    sources = {"train": f"recordings 5 and up of each speaker and label in {path.name}/ (split: official)",
+               "test": f"recordings 0-4 of each speaker and label in {path.name}/ (split: official)"}
+    return RawData(features[~test], labels[~test], spec, x_test=features[test], y_test=labels[test], info=info,
+                   sources=sources)
 
