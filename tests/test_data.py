@@ -489,6 +489,101 @@ def test_register_dataset_and_list(monkeypatch) -> None:
     assert {"csv", "digits", "idx", "image_folder", "mnist1d", "mnist5k", "npz", "wav_folder"} <= set(list_datasets())
 
 
+# ---------- class names ----------
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress"]
+
+
+def test_class_names_rename_numbered_classes_from_a_list_or_a_file(tmp_path: Path, monkeypatch) -> None:
+    _mnist_folder(tmp_path / "m")  # labels 0..3
+    plain = load_dataset("idx", path=str(tmp_path / "m"))
+    b = load_dataset("idx", path=str(tmp_path / "m"), class_names=FASHION)
+    assert b.spec == InputSpec((1, 6, 5), 4, "image", tuple(FASHION))
+    assert torch.equal(b.train.y, plain.train.y) and torch.equal(b.test.y, plain.test.y)  # renamed, not renumbered
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "recipe" / "classes.txt").write_text("\n".join(f" {n} " for n in FASHION) + "\n\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    f = load_dataset("idx", path="m", class_names="classes.txt", base_dir=str(tmp_path / "recipe"))
+    assert f.spec.class_names == tuple(FASHION)  # found next to the recipe; spaces and blank lines dropped
+    assert json.loads(json.dumps(f.spec.to_dict()))["class_names"] == FASHION
+
+
+def test_class_names_errors(tmp_path: Path) -> None:
+    _mnist_folder(tmp_path / "m")
+    load = lambda names, **kw: load_dataset("idx", path=str(tmp_path / "m"), class_names=names, **kw)  # noqa: E731
+    with pytest.raises(DataError, match=r"class_names has 3 name\(s\), but the data has 4 classes \(labels 0..3\)") as err:
+        load(FASHION[:3])
+    assert "label 0 first" in str(err.value)
+    (tmp_path / "five.txt").write_text("\n".join(FASHION + ["Coat"]))
+    with pytest.raises(DataError, match="class_names has 5 name") as err:
+        load(str(tmp_path / "five.txt"))
+    assert str(tmp_path / "five.txt") in str(err.value)
+    with pytest.raises(DataError, match="class_names lists 'Dress' more than once"):
+        load(["Dress", "Trouser", "Pullover", "Dress"])
+    with pytest.raises(DataError, match="class_names item 1 is True, not a name"):
+        load(["a", True, "c", "d"])
+    with pytest.raises(DataError, match="class_names file 'nowhere.txt' not found"):
+        load("nowhere.txt")
+    with pytest.raises(DataError, match="'class_names' is a setting of every dataset, not an option of the 'idx' "
+                                        "reader") as err:
+        registry.check_options(registry.get_dataset("idx"), {"class_names": FASHION})  # data.options.class_names
+    assert "set data.class_names next to data.name, not under data.options" in str(err.value)
+
+
+def test_classes_the_files_name_keep_their_names_and_class_names_sets_their_order(tmp_path: Path) -> None:
+    _png_classes(tmp_path / "imgs", {"zebra": [10, 20, 30, 40], "ant": [200, 210, 220, 230]})
+    b = load_dataset("image_folder", path=str(tmp_path / "imgs"), class_names=["zebra", "ant"], normalize=False,
+                     val_fraction=0.0, test_fraction=0.5)
+    assert b.spec.class_names == ("zebra", "ant")
+    for split in (b.train, b.test):
+        for x, y in zip(split.x, split.y):
+            assert (round(float(x.mean()) * 255) >= 200) == (y == 1)  # the ants are class 1 now
+    with pytest.raises(DataError, match="the files name their classes \\(ant, zebra\\), and class_names does not "
+                                        "list 'ant'") as err:
+        load_dataset("image_folder", path=str(tmp_path / "imgs"), class_names=["zebra", "Ant"])
+    assert "leave class_names out to use the files' names" in str(err.value)
+
+
+def test_every_reader_takes_class_names(tmp_path: Path) -> None:
+    np.savez(tmp_path / "i.npz", x=np.zeros((20, 4)), y=np.arange(20) % 2)
+    assert load_dataset("npz", path=str(tmp_path / "i.npz"), class_names=["off", "on"]).spec.class_names == ("off", "on")
+    np.savez(tmp_path / "s.npz", x=np.arange(20.0)[:, None].repeat(4, 1), y=np.array(["dog", "cat"] * 10))
+    s = load_dataset("npz", path=str(tmp_path / "s.npz"), class_names=["dog", "cat"], normalize=False)
+    assert s.spec.class_names == ("dog", "cat") and all((int(x[0, 0]) % 2 == 0) == (y == 0) for x, y in zip(s.train.x, s.train.y))
+    _write_csv(tmp_path / "d.csv", [[i, 1 + i % 3] for i in range(30)], ["f", "label"])  # label values 1, 2, 3
+    c = load_dataset("csv", path=str(tmp_path / "d.csv"), class_names=["low", "mid", "high"], normalize=False)
+    assert c.spec.class_names == ("low", "mid", "high")
+    assert all(int(x[0]) % 3 == int(y) for x, y in zip(c.train.x, c.train.y))  # label 1 is class 0: "low"
+    (tmp_path / "wav").mkdir()
+    for label in ("3", "7"):
+        for index in range(6):
+            write_wav(tmp_path / "wav" / f"{label}_ann_{index}.wav", tone(110.0 * int(label), 0.2))
+    w = load_dataset("wav_folder", path=str(tmp_path / "wav"), class_names=["three", "seven"])
+    assert w.spec.class_names == ("three", "seven")
+    assert load_dataset("digits", class_names=[f"digit {i}" for i in range(10)]).spec.class_names[9] == "digit 9"
+
+
+# ---------- where each split came from ----------
+
+def test_splits_record_their_source_files_and_the_settings_that_did_not_apply(tmp_path: Path) -> None:
+    rows = [[i, i % 2] for i in range(20)]
+    _write_csv(tmp_path / "train.csv", rows, ["f", "label"])
+    _write_csv(tmp_path / "test.csv", rows[:6], ["f", "label"])
+    b = load_dataset("csv", path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv"), test_fraction=0.3)
+    assert b.info["splits"] == {"train": "the rest of train.csv", "val": "stratified 0.1 of train.csv",
+                                "test": "predefined: test.csv"}
+    assert b.info["not_applied"] == ["test_fraction 0.3: the test split is the data's own (test.csv)"]
+    for split in ("train", "val", "test"):
+        _png_classes(tmp_path / "imgs" / split, {"a": [1, 2, 3], "b": [4, 5, 6]})
+    f = load_dataset("image_folder", path=str(tmp_path / "imgs"))
+    assert f.info["splits"] == {"train": "all of train/", "val": "predefined: val/", "test": "predefined: test/"}
+    assert [n.split(":")[0] for n in f.info["not_applied"]] == ["test_fraction 0.2", "val_fraction 0.1"]
+    plain = load_dataset("digits", labelled=100)
+    assert plain.info["splits"]["test"] == "stratified 0.2 of scikit-learn's load_digits()"
+    assert plain.info["splits"]["train"].endswith("of which a stratified 100 keep their labels (labelled)")
+    assert plain.info["not_applied"] == []
+
+
 # ---------- bundled ----------
 
 def test_digits_bundled() -> None:

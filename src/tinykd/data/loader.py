@@ -20,7 +20,7 @@ from tinykd.data.splits import Arrays, allocate, limit_split, standardize, strat
 from tinykd.errors import DataError
 
 
-def resolve_path(path: str | Path, base_dir: str | Path | None = None) -> Path:
+def resolve_path(path: str | Path, base_dir: str | Path | None = None, what: str = "data path") -> Path:
     """An existing path: as given if absolute, else relative to the working directory, then to ``base_dir``."""
     given = Path(path).expanduser()
     tried = [given if given.is_absolute() else Path.cwd() / given]
@@ -29,7 +29,7 @@ def resolve_path(path: str | Path, base_dir: str | Path | None = None) -> Path:
     for candidate in tried:
         if candidate.exists():
             return candidate.resolve()
-    raise DataError(f"data path '{path}' not found; tried {' and '.join(str(t) for t in tried)}",
+    raise DataError(f"{what} '{path}' not found; tried {' and '.join(str(t) for t in tried)}",
                     "check the spelling, or give an absolute path, or a path relative to the recipe file's folder")
 
 
@@ -199,7 +199,7 @@ def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fract
     raw, resolved = _run_reader(entry, path, base_dir, _resolve_path_options(options, base_dir))
     _check_classes(raw, str(resolved) if resolved else name)
     if class_names is not None:
-        file = resolve_path(class_names, base_dir) if isinstance(class_names, (str, Path)) else None
+        file = resolve_path(class_names, base_dir, "class_names file") if isinstance(class_names, (str, Path)) else None
         raw = apply_class_names(raw, read_class_names(file or class_names), where=str(file) if file else None)
     rng = np.random.default_rng(seed)
     splits, made, unused = _make_splits(raw, rng, val_fraction, test_fraction, limit)
