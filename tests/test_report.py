@@ -539,6 +539,8 @@ def test_deployment_findings(deployment_report):
     _, page, _ = deployment_report
     findings = page[page.index('class="findings"'):page.index("<h2>Summary</h2>")]
     assert "The int8 student fits the Arduino Nano 33 BLE Sense with 926 KB flash and 228 KB SRAM to spare" in findings
+    # the summary table counts 1 KB = 1000 bytes; the board margins are binary, and the sentence says so
+    assert "to spare (runtime allowance included; here 1 KB = 1024 bytes, as in the board" in findings
     assert "Estimated energy per inference: teacher 42.9 µJ vs int8 student 0.665 µJ, 65× less" in findings
     assert "Student (TFLite int8) agrees with the fp32 student on only 96.2 % of test inputs" in findings
 
@@ -547,7 +549,7 @@ def test_mcu_sentence_without_a_fit_or_a_target():
     metrics = with_deployment(load_run()[0])
     metrics["mcu"]["target_board"] = "tiny"
     assert mcu_sentence(metrics) == ("The int8 student does not fit the tiny: it overflows flash by 34.2 KB and "
-                                     "SRAM by 4.2 KB.")
+                                     "SRAM by 4.2 KB (1 KB = 1024 bytes).")
     metrics["mcu"]["target_board"] = None
     assert mcu_sentence(metrics) == ("The int8 student fits 2 of the 3 microcontroller boards checked "
                                      "(Arduino Nano 33 BLE Sense and Raspberry Pi Pico).")
@@ -620,3 +622,30 @@ def test_deployment_section_times_every_variant_in_every_runtime():
     assert sum("deploy this" in r[0] for r in rows) == 1 and "ORT fp32" in next(r[0] for r in rows if "deploy this" in r[0])
     assert html.count("noisy</span>") == 1
     assert "5 rounds" in html and "teacher vs distilled student, both fp32 in ONNX Runtime" in html
+
+
+def test_run_facts_say_where_each_split_came_from_what_did_not_apply_and_both_thread_counts():
+    from tinykd.report.page import render_page, run_facts
+
+    metrics = load_run()[0]
+    old = run_facts(metrics)
+    assert "train 3,600 · val 400 · test 1,000" in old and "measurement threads: 1" in old  # a run from before
+    run = metrics["run"]
+    run["split_sizes"] = {"train": 51300, "val": 2700, "test": 10000}
+    run["data_info"] = {"splits": {"train": "the rest of train-images-idx3-ubyte.gz + train-labels-idx1-ubyte.gz",
+                                   "val": "stratified 0.05 of train-images-idx3-ubyte.gz + train-labels-idx1-ubyte.gz",
+                                   "test": "predefined: t10k-images-idx3-ubyte.gz + t10k-labels-idx1-ubyte.gz"},
+                        "not_applied": ["test_fraction 0.2: the test split is the data's own (t10k-images-idx3-ubyte.gz"
+                                        " + t10k-labels-idx1-ubyte.gz)"]}
+    run["machine"] = {"cpu": "x86_64", "available_cores": 2, "train_threads": 2, "measure_threads": 1}
+    run["spec"]["class_names"] = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                                  "Bag", "Ankle boot"]
+    facts = run_facts(metrics)
+    assert "<dt>Splits</dt><dd>train 51,300: the rest of train-images" in facts
+    assert "<br>test 10,000: predefined: t10k-images-idx3-ubyte.gz + t10k-labels-idx1-ubyte.gz</dd>" in facts
+    assert "<dt>Not applied</dt><dd>test_fraction 0.2: the test split is the data&#x27;s own" in facts
+    assert "training threads: 2<br>measurement threads: 1" in facts and "<br>threads:" not in facts
+    assert "10 classes (T-shirt/top, Trouser, Pullover" in facts
+    page = render_page(metrics, {}, "data:\n  test_fraction: 0.2\n")
+    recipe = page[page.index("<h2>Recipe</h2>"):]
+    assert recipe.index("Data settings below that did not apply: data.test_fraction 0.2") < recipe.index("<pre>")

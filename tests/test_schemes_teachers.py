@@ -98,6 +98,20 @@ def test_cache_serves_teacher_outputs_once_per_sample_across_epochs_and_runs(tmp
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
 
+def test_cache_log_line_reads_as_a_plan_when_empty_and_as_reuse_when_filled(tmp_path):
+    train, _ = _data()
+    teacher = _cnn(1).eval()
+    said = io.StringIO()
+    TeacherCache(teacher, tmp_path / "cache").prepare(train, Console(file=said, width=400))
+    assert (f"empty; the first epoch computes and stores the teacher's outputs for all {len(train)} training "
+            "samples") in said.getvalue() and f"0/{len(train)}" not in said.getvalue()
+    from tinykd.distill.cache import cache_state
+    assert cache_state(57000, 57000) == ("the teacher's outputs for all 57,000 training samples stored by an "
+                                         "earlier run, served from it")
+    assert cache_state(1000, 57000) == ("1,000 of 57,000 training samples stored by an earlier run; the first "
+                                        "epoch computes the other 56,000")
+
+
 @pytest.mark.parametrize("change", ["teacher weights", "data", "preprocessing"])
 def test_cache_is_invalidated_when_teacher_data_or_preprocessing_change(tmp_path, change):
     train, val = _data()

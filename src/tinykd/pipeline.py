@@ -1261,9 +1261,12 @@ def _run_facts(recipe: Recipe, bundle: DataBundle, run_dir: Path) -> dict:
             "split_sizes": {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test),
                             **({"unlabelled": len(bundle.unlabelled)} if bundle.unlabelled is not None else {})},
             "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                        "torch": torch.__version__, "threads": recipe.measure.threads, "system": platform.system(),
+                        "torch": torch.__version__, "system": platform.system(),
                         "available_cores": available_cores(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                        # training and timing use their own thread counts: one "threads" fact would hide either
                         "train_threads": resolve_threads(recipe.student.train.threads),
+                        **({"teacher_train_threads": resolve_threads(recipe.teacher.train.threads)}
+                           if recipe.teacher.train.threads != recipe.student.train.threads else {}),
                         "measure_threads": recipe.measure.threads,
                         "train_device": describe_device(resolve_device(recipe.student.train.device))}}
 

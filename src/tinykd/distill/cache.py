@@ -110,6 +110,16 @@ class _Store:
         write_json(self.folder / "manifest.json", self.manifest)
 
 
+def cache_state(stored: int, total: int) -> str:
+    """What the store holds before training, worded so an empty store (the normal first run) reads as a plan."""
+    if stored == 0:
+        return f"empty; the first epoch computes and stores the teacher's outputs for all {total:,} training samples"
+    if stored >= total:
+        return f"the teacher's outputs for all {total:,} training samples stored by an earlier run, served from it"
+    return (f"{stored:,} of {total:,} training samples stored by an earlier run; the first epoch computes the "
+            f"other {total - stored:,}")
+
+
 class TeacherCache(TeacherSource):
     """Serves a teacher's outputs from a memory-mapped store keyed by teacher, data and preprocessing.
 
@@ -157,7 +167,7 @@ class TeacherCache(TeacherSource):
                 if stale != self.folder and (stale / "manifest.json").is_file():
                     shutil.rmtree(stale)  # outputs of another teacher, data or preprocessing: never valid again
         self.store = _Store(self.folder, len(train), self.dtype, parts)
-        console.print(f"[dim]teacher cache {self.folder}: {self.store.count()}/{len(train)} samples stored[/]")
+        console.print(f"[dim]teacher cache {self.folder}: {cache_state(self.store.count(), len(train))}[/]")
 
     @contextmanager
     def open(self, paths: Sequence[str]) -> Iterator[TeacherRun]:

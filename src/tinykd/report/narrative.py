@@ -134,10 +134,12 @@ def mcu_sentence(metrics: dict) -> str:
         spare = [f"{format_kib(target[f'{m}_margin'])} KB {label}"
                  for m, label in (("flash", "flash"), ("sram", "SRAM")) if target[f"{m}_margin"] is not None]
         return (f"The {noun} fits the {target['name']}"
-                + (f" with {_join(spare)} to spare" if spare else "") + " (runtime allowance included).")
+                + (f" with {_join(spare)} to spare" if spare else "")
+                + " (runtime allowance included; here 1 KB = 1024 bytes, as in the board's datasheet).")
     over = [f"{label} by {format_kib(-target[f'{m}_margin'])} KB" for m, label in (("flash", "flash"), ("sram", "SRAM"))
             if target[f"fits_{m}"] is False and target[f"{m}_margin"] is not None]
-    return f"The {noun} does not fit the {target['name']}" + (f": it overflows {_join(over)}." if over else ".")
+    return (f"The {noun} does not fit the {target['name']}"
+            + (f": it overflows {_join(over)} (1 KB = 1024 bytes)." if over else "."))
 
 
 def energy_sentence(metrics: dict) -> str:

@@ -175,7 +175,8 @@ def render_page(metrics: dict, figures: dict[str, Path], recipe_yaml: str, run_d
         scheme_section(metrics, run_dir),
         deployment,
         f"<section><h2>Run facts</h2>{run_facts(metrics)}</section>",
-        f"<section><h2>Recipe</h2><pre>{esc(recipe_yaml.rstrip() or '(no recipe recorded)')}</pre></section>",
+        f"<section><h2>Recipe</h2>{_not_applied_note(run)}"
+        f"<pre>{esc(recipe_yaml.rstrip() or '(no recipe recorded)')}</pre></section>",
     ]
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -197,6 +198,16 @@ def _header(run: dict) -> str:
             f'<h1>{esc(run.get("name") or "unnamed run")} '
             f'<span class="dataset">on {esc(run.get("dataset") or "unknown dataset")}</span></h1>'
             + (f'<p class="meta">{esc(" · ".join(meta))}</p>' if meta else "") + "</header>")
+
+
+def _not_applied_note(run: dict) -> str:
+    """A note above the recipe naming the data settings it shows that had no effect (e.g. a test_fraction where the
+    data brings its own test split)."""
+    notes = (run.get("data_info") or {}).get("not_applied") or []
+    if not notes:
+        return ""
+    return ('<p class="note">Data settings below that did not apply: '
+            + "; ".join(esc(f"data.{n}") for n in notes) + ".</p>")
 
 
 def _competes(row: dict, key: str) -> bool:
@@ -264,10 +275,12 @@ def run_facts(metrics: dict) -> str:
     created = run.get("created")
     artifacts = [f"{variant_label(metrics, name)}: {variant_metric(metrics, name, 'artifact')}"
                  for name in ordered_variants(metrics) if variant_metric(metrics, name, "artifact")]
+    data = run.get("data_info") or {}
     facts = [("Run", run.get("name")), ("Dataset", run.get("dataset")), ("Created", created and _when(created)),
-             ("Seed", run.get("seed")), ("Splits", _splits(run.get("split_sizes") or {})),
+             ("Seed", run.get("seed")), ("Splits", _split_lines(run.get("split_sizes") or {}, data.get("splits") or {})),
+             *([("Not applied", list(data["not_applied"]))] if data.get("not_applied") else []),
              ("Input", _input_spec(run.get("spec") or {})),
-             ("Machine", [f"{key}: {value}" for key, value in (run.get("machine") or {}).items()]),
+             ("Machine", _machine_lines(run.get("machine") or {})),
              ("Artifacts", artifacts)]
     items = "".join(f"<dt>{esc(label)}</dt><dd>{_fact_value(value)}</dd>" for label, value in facts)
     return f'<dl class="facts">{items}</dl>'
@@ -291,6 +304,27 @@ def _when(created: object) -> str:
 def _splits(sizes: dict) -> str | None:
     """``train 3,600 · val 400 · test 1,000``."""
     return " · ".join(f"{split} {n:,}" if isinstance(n, int) else f"{split} {n}" for split, n in sizes.items()) or None
+
+
+def _split_lines(sizes: dict, made: dict) -> list[str] | str | None:
+    """One line per split with where it came from (``test 10,000: predefined: t10k-images…``), when recorded."""
+    if not made:
+        return _splits(sizes)
+    return [f"{split} {n:,}: {made[split]}" if isinstance(n, int) and split in made else
+            (f"{split} {n:,}" if isinstance(n, int) else f"{split} {n}") for split, n in sizes.items()]
+
+
+MACHINE_LABELS = {"train_threads": "training threads", "teacher_train_threads": "teacher training threads",
+                  "measure_threads": "measurement threads",
+                  "threads": "measurement threads",  # the name runs before training threads were recorded used
+                  "available_cores": "available cores", "omp_num_threads": "OMP_NUM_THREADS",
+                  "train_device": "training device"}
+
+
+def _machine_lines(machine: dict) -> list[str]:
+    """``key: value`` per machine fact, the thread counts spelt out (training and measurement threads differ)."""
+    shown = {k: v for k, v in machine.items() if not (k == "threads" and "measure_threads" in machine)}
+    return [f"{MACHINE_LABELS.get(key, key)}: {value}" for key, value in shown.items()]
 
 
 def _input_spec(spec: dict) -> str | None:
