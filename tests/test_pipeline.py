@@ -262,3 +262,27 @@ def test_every_runtime_takes_raw_inputs(tmp_path):
         assert v[name]["latency"][v[name]["runtime"]]["b1"]["rounds"] == 5
     assert {c["variant"] for c in res.metrics["deploy"]["candidates"]} >= {"student", "student_int8", "student_tflite",
                                                                           "student_tflite_int8", "student_pte"}
+
+
+def test_a_recipe_names_its_classes_and_the_run_says_where_each_split_came_from(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from test_data import FASHION, _mnist_folder
+    from tinykd.pipeline import _load_data
+
+    (tmp_path / "recipes").mkdir()
+    _mnist_folder(tmp_path / "recipes" / "m")  # 40 train images (labels 0..3) and 10 t10k images
+    (tmp_path / "recipes" / "classes.txt").write_text("\n".join(FASHION) + "\n")
+    (tmp_path / "recipes" / "own.yaml").write_text("data:\n  name: idx\n  path: m\n  class_names: classes.txt\n"
+                                                   "  limit: 40\n")
+    monkeypatch.chdir(tmp_path)  # relative paths resolve from the recipe's folder
+    said = io.StringIO()
+    bundle = _load_data(load_recipe(tmp_path / "recipes" / "own.yaml"), Console(file=said, width=300))
+    assert bundle.spec.class_names == tuple(FASHION)
+    assert bundle.info["sizes"] == {"train": 29, "val": 3, "test": 8}  # 40 in all: 32 of the 40 train, 8 of the 10 test
+    out = said.getvalue()
+    assert "train 29, val 3, test 8" in out
+    assert "test: predefined: t10k-images-idx3-ubyte.gz + t10k-labels-idx1-ubyte.gz (limit: 8 of its 10 samples" in out
+    assert "not applied: test_fraction 0.2: the test split is the data's own" in out

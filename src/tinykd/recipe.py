@@ -128,6 +128,7 @@ class TransferConfig(_Section):
     path: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val", "test"])
+    # Samples drawn from the set in all, stratified, as data.limit: with every split, the number of transfer inputs.
     limit: int | None = Field(None, ge=1)
 
 
