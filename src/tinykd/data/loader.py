@@ -115,7 +115,7 @@ def _limit_parts(parts: dict[str, Arrays], limit: int, rng: np.random.Generator)
     for (name, (_, y)), n in zip(parts.items(), take):
         classes = len(np.unique(y))
         if n < classes:
-            need = max(int(np.ceil(len(np.unique(y_)) * sizes.sum() / len(y_))) for _, y_ in parts.values())
+            need = max(int(np.ceil(len(np.unique(y_)) * sizes.sum() / len(y_))) for _, y_ in parts.values() if len(y_))
             raise DataError(f"limit = {limit} draws {n} sample(s) from the {name} part of the data "
                             f"({len(y):,} samples), fewer than its {classes} classes",
                             f"set data.limit to at least {need}, or leave it out")
