@@ -42,7 +42,7 @@ def _pct(values: list[float]) -> str:
 def _num(values: list[float], fmt: str = "{:.1f}") -> str:
     m = statistics.mean(values)
     s = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(m)} ± {fmt.format(s)}"
+    return f"{fmt.format(m)} ± {fmt.replace('+', '').format(s)}"
 
 
 def machine() -> str:
