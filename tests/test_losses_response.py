@@ -270,8 +270,96 @@ def test_ctkd_temperature_receives_reversed_gradient_and_student_the_kd_gradient
     assert term.parts["temperature"].item() == pytest.approx(3.0)
 
 
+# ----- DIST -------------------------------------------------------------------------------------
+def _pearson(a, b):
+    """Pearson correlation of two 1-D arrays from its definition; 0 where either has no variance."""
+    da, db = a - a.mean(), b - b.mean()
+    denom = np.sqrt((da**2).sum() * (db**2).sum())
+    return 0.0 if denom == 0 else (da * db).sum() / denom
+
+
+def _dist_reference(s, t, T, beta, gamma):
+    p_s, p_t = _softmax(s / T), _softmax(t / T)
+    inter = 1 - np.mean([_pearson(p_s[i], p_t[i]) for i in range(len(s))])
+    intra = 1 - np.mean([_pearson(p_s[:, j], p_t[:, j]) for j in range(s.shape[1])])
+    return T**2 * inter, T**2 * intra, T**2 * (beta * inter + gamma * intra)
+
+
+@pytest.mark.parametrize("T,beta,gamma", [(1.0, 1.0, 1.0), (4.0, 2.0, 0.5)])
+def test_dist_matches_pearson_relations(T, beta, gamma):
+    s, t = _logits(8)
+    inter, intra, total = _dist_reference(s, t, T, beta, gamma)
+    term, got = _call("dist", {"temperature": T, "beta": beta, "gamma": gamma}, s, t)
+    assert got.item() == pytest.approx(total, rel=1e-6)
+    assert term.parts["inter"].item() == pytest.approx(inter, rel=1e-6)
+    assert term.parts["intra"].item() == pytest.approx(intra, rel=1e-6)
+    assert np.isclose(inter, np.mean([1 - np.corrcoef(a, b)[0, 1] for a, b in
+                                      zip(_softmax(s / T), _softmax(t / T))]) * T**2)
+
+
+def test_dist_known_values():
+    # Two classes: a row's Pearson correlation is ±1 by which class it favours, a column's by which sample ranks higher.
+    t = np.array([[1.0, 0.0], [0.0, 1.0]])
+    _, opposite = _call("dist", {}, np.array([[0.0, 2.0], [2.0, 0.0]]), t)  # every row and column ρ = −1
+    assert opposite.item() == pytest.approx(2.0 + 2.0, rel=1e-6)
+    _, half = _call("dist", {"gamma": 0.5}, np.array([[0.0, 2.0], [2.0, 0.0]]), t)
+    assert half.item() == pytest.approx(2.0 + 1.0, rel=1e-6)
+    # Both rows favour class 1: rows ρ = −1 and +1 (inter 1); constant columns have no variance, ρ = 0 (intra 1).
+    _, flat = _call("dist", {}, np.array([[0.0, 2.0], [0.0, 2.0]]), t)
+    assert flat.item() == pytest.approx(1.0 + 1.0, rel=1e-6)
+    s, _ = _logits(9)
+    _, same = _call("dist", {"temperature": 4.0}, s, s.copy())
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    # Softmax ignores a constant logit shift, so a shifted copy of the teacher has the same relations.
+    _, shifted = _call("dist", {}, s + 5.0, s)
+    assert shifted.item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ----- multi-level logit distillation ------------------------------------------------------------
+def _mlkd_reference(s, t, temperatures):
+    """(instance, batch, class) sums over the temperatures, each level written with explicit loops."""
+    ins = bat = cls = 0.0
+    for T in temperatures:
+        p_s, p_t = _softmax(s / T), _softmax(t / T)
+        n, k = p_s.shape
+        ins += T**2 * _kl(p_t, p_s).mean()
+        bat += sum((p_t[i] @ p_t[j] - p_s[i] @ p_s[j]) ** 2 for i in range(n) for j in range(n)) / n
+        cls += sum((p_t[:, a] @ p_t[:, b] - p_s[:, a] @ p_s[:, b]) ** 2 for a in range(k) for b in range(k)) / k
+    return ins, bat, cls
+
+
+@pytest.mark.parametrize("params", [{}, {"temperatures": [1.0, 3.0], "instance_weight": 0.5, "batch_weight": 2.0,
+                                         "class_weight": 3.0}])
+def test_mlkd_matches_three_levels(params):
+    s, t = _logits(10)
+    ins, bat, cls = _mlkd_reference(s, t, params.get("temperatures", [2, 3, 4, 5, 6]))
+    term, got = _call("mlkd", params, s, t)
+    expected = params.get("instance_weight", 1) * ins + params.get("batch_weight", 1) * bat + params.get("class_weight", 1) * cls
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    assert [term.parts[k].item() for k in ("instance", "batch", "class")] == pytest.approx([ins, bat, cls], rel=1e-6)
+
+
+def test_mlkd_known_values_and_params():
+    # One sample, two classes, T = 1: p_t = [1/2, 1/2], p_s = [3/4, 1/4].
+    # instance KL(p_t ‖ p_s) = ½ ln(4/3); batch (1 × 1): (½ − 10/16)² = 1/64; class (2 × 2): (25 + 1 + 1 + 9)/256 / 2.
+    term, got = _call("mlkd", {"temperatures": [1.0]}, np.array([[math.log(3.0), 0.0]]), np.zeros((1, 2)))
+    assert term.parts["instance"].item() == pytest.approx(0.5 * math.log(4 / 3), rel=1e-9)
+    assert term.parts["batch"].item() == pytest.approx(1 / 64, rel=1e-9)
+    assert term.parts["class"].item() == pytest.approx(9 / 128, rel=1e-9)
+    assert got.item() == pytest.approx(0.5 * math.log(4 / 3) + 1 / 64 + 9 / 128, rel=1e-9)
+    s, _ = _logits(11)
+    _, same = _call("mlkd", {}, s, s.copy())
+    assert same.item() == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(RecipeError, match=r"distill.losses.temperatures: .*got -1"):
+        build_loss("mlkd", {"temperatures": [2.0, -1.0]})
+    with pytest.raises(RecipeError, match=r"distill.losses.temperatures"):
+        build_loss("mlkd", {"temperatures": []})
+    with pytest.raises(RecipeError, match=r"distill.losses.gamma"):
+        build_loss("dist", {"gamma": -1.0})
+
+
 # ----- errors and teacher isolation -------------------------------------------------------------
-@pytest.mark.parametrize("name", ["kd", "reverse_kd", "jsd", "logit_mse", "dkd", "ctkd"])
+@pytest.mark.parametrize("name", ["kd", "reverse_kd", "jsd", "logit_mse", "dkd", "ctkd", "dist", "mlkd"])
 def test_response_terms_reject_mismatched_logits_and_never_touch_the_teacher(name):
     term = build_loss(name, {})
     with pytest.raises(TinyKDError, match=r"student logits \(4, 5\) and teacher logits \(4, 6\)"):
@@ -281,7 +369,7 @@ def test_response_terms_reject_mismatched_logits_and_never_touch_the_teacher(nam
     loss = term(Outputs(s), Outputs(t), _batch([0, 1, 2, 3]))
     loss.backward()
     assert t.grad is None and s.grad is not None
-    if name in ("reverse_kd", "jsd", "logit_mse", "dkd"):  # pure divergences: zero when student equals teacher
+    if name in ("reverse_kd", "jsd", "logit_mse", "dkd", "dist", "mlkd"):  # pure divergences: zero when student equals teacher
         assert loss.item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -412,6 +500,7 @@ def teacher(tmp_path_factory):
     ("reverse_kd", {"temperature": 2.0}), ("jsd", {"beta": 0.5, "temperature": 2.0}), ("logit_mse", {}),
     ("dkd", {"warmup_epochs": 0}), ("ctkd", {"curriculum_epochs": 2}),
     ("kd", {"logit_standardize": True, "temperature_schedule": {"start": 4.0, "end": 2.0}}),
+    ("dist", {}), ("mlkd", {}),
 ])
 def test_response_terms_train_a_student(tmp_path, teacher, name, params):
     train, val = _data()

@@ -5,13 +5,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from ...errors import RecipeError, TinyKDError
 from ..capture import Outputs
 from .adversarial import grad_reverse
-from .base import Batch, LossTerm, Params, register_loss
+from .base import MAX_TEMPERATURE, Batch, LossTerm, Params, register_loss
 
 
 def hard_label_ce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -343,3 +343,108 @@ class CTKD(LossTerm):
         self.parts = {"soft": soft.detach(), "hard": hard.detach(), "temperature": self.temperature.detach(),
                       "lambda": torch.tensor(self.lam)}
         return p.alpha * soft + (1.0 - p.alpha) * hard
+
+
+# ----- DIST -----------------------------------------------------------------------------------------
+def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b``, (N, K) -> (N,).
+
+    The cosine of the centred rows. The denominator is clamped at eps rather than offset by it (the authors'
+    code adds 1e-8), so equal rows correlate exactly 1 even when softened probabilities vary little, and a
+    constant row (no variance, correlation undefined) counts as uncorrelated, 0.
+    """
+    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)
+
+
+class DISTParams(Params):
+    beta: float = Field(1.0, ge=0.0)  # weight of the inter-class relation
+    gamma: float = Field(1.0, ge=0.0)  # weight of the intra-class relation
+    temperature: float = Field(1.0, gt=0.0)  # the paper's ImageNet setting (4 on CIFAR-100)
+
+
+@register_loss
+class DIST(LossTerm):
+    """T² · (beta · (1 − mean_i ρ(p_s[i,:], p_t[i,:])) + gamma · (1 − mean_j ρ(p_s[:,j], p_t[:,j]))).
+
+    Huang et al. (NeurIPS 2022): with p = softmax(z/T) over a batch (B × C) and ρ the Pearson correlation,
+    the inter-class relation compares each sample's prediction over the classes, the intra-class relation
+    each class's probabilities over the batch; only relations are matched, not values, so a student need not
+    reproduce a much stronger teacher's exact probabilities. Defaults are the paper's (β = γ = 1, T = 1 as on
+    ImageNet). The intra-class relation needs two or more samples: a class column of one sample has no
+    variance and counts as uncorrelated (ρ = 0).
+    """
+
+    name = "dist"
+    description = ("DIST: Pearson-correlation match of softened predictions, per sample over classes (inter-class) "
+                   "and per class over the batch (intra-class)")
+    paper = "Huang, You, Wang, Qian & Xu, NeurIPS 2022, Knowledge Distillation from A Stronger Teacher (DIST)"
+    Params = DISTParams
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        p = self.params
+        s, t = response_logits(student, teacher, self.name)
+        p_s, p_t = F.softmax(s / p.temperature, dim=-1), F.softmax(t / p.temperature, dim=-1)  # (B, C)
+        inter = p.temperature**2 * (1.0 - pearson_rows(p_s, p_t).mean())
+        intra = p.temperature**2 * (1.0 - pearson_rows(p_s.T, p_t.T).mean())
+        self.parts = {"inter": inter.detach(), "intra": intra.detach()}
+        return p.beta * inter + p.gamma * intra
+
+
+# ----- Multi-level logit distillation ---------------------------------------------------------------
+class MLKDParams(Params):
+    temperatures: list[float] = Field([2.0, 3.0, 4.0, 5.0, 6.0], min_length=1)  # pydantic copies the default
+    instance_weight: float = Field(1.0, ge=0.0)
+    batch_weight: float = Field(1.0, ge=0.0)
+    class_weight: float = Field(1.0, ge=0.0)
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive_and_bounded(cls, temperatures: list[float]) -> list[float]:
+        for value in temperatures:
+            if not 0.0 < value <= MAX_TEMPERATURE:
+                raise ValueError(f"every temperature must lie in (0, {MAX_TEMPERATURE:g}]; got {value:g}")
+        return temperatures
+
+
+def mlkd_levels(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(instance, batch, class) alignment at one temperature, with p = softmax(z/T) of shape (B, C).
+
+    instance: T² · KL(p_t ‖ p_s) averaged over the batch (Hinton KD);
+    batch:    Σ (G_t − G_s)² / B with G = p pᵀ, the B × B similarity of the samples' predictions;
+    class:    Σ (M_t − M_s)² / C with M = pᵀ p, the C × C correlation of the classes over the batch.
+    Only the instance level is T²-scaled, as in the authors' code.
+    """
+    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=-1)
+    p_s, p_t = log_p_s.exp(), log_p_t.exp()
+    instance = (p_t * (log_p_t - log_p_s)).sum(-1).mean() * temperature**2
+    batch_level = (p_t @ p_t.T - p_s @ p_s.T).pow(2).sum() / p_s.shape[0]
+    class_level = (p_t.T @ p_t - p_s.T @ p_s).pow(2).sum() / p_s.shape[1]
+    return instance, batch_level, class_level
+
+
+@register_loss
+class MLKD(LossTerm):
+    """Σ_T (instance_weight · L_ins(T) + batch_weight · L_batch(T) + class_weight · L_class(T)).
+
+    Jin, Wang & Lin (CVPR 2023) align predictions at three levels (see ``mlkd_levels``) and over several
+    temperatures, {2, 3, 4, 5, 6} as in the authors' code, which also serve as their "prediction augmentation".
+    Left out: the strongly augmented second view of each input (the term sees the batch it is given), and
+    the released code's masking of samples and classes by teacher confidence. Add a ce term as in the paper.
+    """
+
+    name = "mlkd"
+    description = ("Multi-level logit distillation: instance-level KL, batch-level (B×B) and class-level (C×C) "
+                   "prediction Gram matching, summed over several temperatures; no strong augmentation")
+    paper = "Jin, Wang & Lin, CVPR 2023, Multi-Level Logit Distillation (without its strong-augmentation view)"
+    Params = MLKDParams
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        p = self.params
+        s, t = response_logits(student, teacher, self.name)
+        levels = [mlkd_levels(s, t, temperature) for temperature in p.temperatures]
+        instance, batch_level, class_level = (torch.stack(level).sum() for level in zip(*levels))
+        self.parts = {"instance": instance.detach(), "batch": batch_level.detach(), "class": class_level.detach()}
+        return p.instance_weight * instance + p.batch_weight * batch_level + p.class_weight * class_level
