@@ -254,6 +254,50 @@ def test_gram_matches_channel_gram_with_projection_and_zero_for_equal():
     assert _call(same, {"a": s}, {"b": s.clone()}).item() == pytest.approx(0.0, abs=1e-15)
 
 
+def _np_ickd(f_s, f_t):
+    """Mean over samples and channel pairs (m, n) of (G_s[m, n] − G_t[m, n])², G[m, n] = v(f_m)·v(f_n) / (H·W)."""
+    b, c = f_t.shape[:2]
+    total = 0.0
+    for i in range(b):
+        v_s, v_t = f_s[i].reshape(c, -1), f_t[i].reshape(c, -1)
+        for m in range(c):
+            for n in range(c):
+                total += (v_s[m] @ v_s[n] / v_s.shape[1] - v_t[m] @ v_t[n] / v_t.shape[1]) ** 2
+    return total / (b * c * c)
+
+
+def test_ickd_matches_inter_channel_correlation_through_embedding():
+    s, t = _rand(2, 3, 6, 6), _rand(2, 4, 3, 3, seed=1)  # G is C×C whatever the spatial size
+    term = _setup("ickd", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}).double()
+    embed = term.embeddings[0]
+    assert isinstance(embed, nn.Conv2d) and embed.kernel_size == (1, 1) and (embed.in_channels, embed.out_channels) == (3, 4)
+    z = np.einsum("oc,bchw->bohw", _np(embed.weight)[:, :, 0, 0], _np(s))
+    assert _call(term, {"a": s}, {"b": t}).item() == pytest.approx(_np_ickd(z, _np(t)), rel=1e-9)
+    # Summed over pairs, like the other feature terms.
+    pairs = _setup("ickd", {"pairs": [["a", "b"], ["c", "b"]]}, {"a": s, "c": 2 * s}, {"b": t}).double()
+    z2 = [np.einsum("oc,bchw->bohw", _np(e.weight)[:, :, 0, 0], x) for e, x in zip(pairs.embeddings, (_np(s), 2 * _np(s)))]
+    assert (_call(pairs, {"a": s, "c": 2 * s}, {"b": t}).item()
+            == pytest.approx(sum(_np_ickd(z, _np(t)) for z in z2), rel=1e-9))
+
+
+def test_ickd_known_values():
+    # Equal channels through an identity embedding: G_s = G_t, loss 0; the embedding is built even when widths match.
+    f = _rand(2, 3, 4, 4)
+    same = _setup("ickd", {"student": "a", "teacher": "b"}, {"a": f}, {"b": f}).double()
+    assert isinstance(same.embeddings[0], nn.Conv2d)
+    with torch.no_grad():
+        same.embeddings[0].weight.copy_(torch.eye(3, dtype=torch.float64)[:, :, None, None])
+    assert _call(same, {"a": f}, {"b": f.clone()}).item() == pytest.approx(0.0, abs=1e-15)
+    # One channel, two positions: student [1, 3] through weight 2 gives G_s = 4·(1 + 9)/2 = 20, teacher [2, 2] G_t = 4.
+    s, t = torch.tensor([[[[1.0, 3.0]]]], dtype=torch.float64), torch.tensor([[[[2.0, 2.0]]]], dtype=torch.float64)
+    tiny = _setup("ickd", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}).double()
+    with torch.no_grad():
+        tiny.embeddings[0].weight.fill_(2.0)
+    assert _call(tiny, {"a": s}, {"b": t}).item() == pytest.approx((20.0 - 4.0) ** 2, rel=1e-12)
+    with pytest.raises(TinyKDError, match=r"ickd: student 'a' \(B, 4\) and teacher 'b' \(B, 3, 2, 2\) cannot be compared"):
+        _setup("ickd", {"student": "a", "teacher": "b"}, {"a": _rand(2, 4)}, {"b": _rand(2, 3, 2, 2)})
+
+
 # ----- hidden states ------------------------------------------------------------------------------
 def _projected_tokens(term, h_s):
     proj = term.projections[0]
@@ -291,7 +335,7 @@ def test_hidden_terms_identity_when_widths_match_and_token_count_errors():
 
 
 # ----- properties shared by every term ------------------------------------------------------------
-@pytest.mark.parametrize("name", ["fitnet", "at", "nst", "gram", "hidden_mse", "hidden_cosine", "fsp"])
+@pytest.mark.parametrize("name", ["fitnet", "at", "nst", "gram", "hidden_mse", "hidden_cosine", "fsp", "ickd"])
 def test_gradients_reach_student_and_helpers_never_teacher(name):
     s_feats = {"a": _rand(4, 3, 6, 6), "b": _rand(4, 3, 6, 6, seed=1)}
     t_feats = {"c": _rand(4, 3, 6, 6, seed=2), "d": _rand(4, 5, 6, 6, seed=3)}
@@ -306,7 +350,7 @@ def test_gradients_reach_student_and_helpers_never_teacher(name):
     assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in s.values())
     assert all(v.grad is None for v in t.values())
     assert all(p.grad is not None for p in term.parameters())
-    assert name not in ("fitnet", "gram", "hidden_mse", "hidden_cosine") or len(list(term.parameters())) > 0
+    assert name not in ("fitnet", "gram", "hidden_mse", "hidden_cosine", "ickd") or len(list(term.parameters())) > 0
 
 
 def test_param_errors_are_recipe_errors():
@@ -358,7 +402,7 @@ def test_pairs_auto_resolves_in_setup_and_sets_capture_paths():
 
 
 # ----- training -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["fitnet", "at"])
+@pytest.mark.parametrize("name", ["fitnet", "at", "ickd"])
 def test_training_with_feature_term_decreases_it(tmp_path, name):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(160, 1, 8, 8, generator=g)

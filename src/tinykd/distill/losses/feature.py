@@ -496,6 +496,43 @@ class Gram(FeatureTerm):
         return self.total(losses) / len(losses)
 
 
+@register_loss
+class ICKD(FeatureTerm):
+    """Σ_pairs mean over samples and C_t² entries of (G_s − G_t)², G = F Fᵀ / (H·W) the inter-channel correlation.
+
+    Liu et al. (ICCV 2021): each channel's map is vectorised and the C × C inner products between channels
+    of a sample are matched; the student's map always passes a learned 1×1 conv to the teacher's channel
+    count first (the paper's embedding, a helper of the term). Normalisation follows the paper's formula,
+    the mean of the squared differences over the C² entries, not the released code, which L2-normalises
+    each row of G and divides the summed squares by B·C; dividing G by H·W keeps the value independent
+    of the map size (a constant per pair, absorbed by the weight). Spatial sizes may differ (G is C × C).
+    """
+
+    name = "ickd"
+    description = "inter-channel correlation KD: match C×C channel inner-product matrices through a learned 1×1 conv"
+    paper = ("Liu et al. ICCV 2021, Exploring Inter-Channel Correlation for Diversity-preserved Knowledge "
+             "Distillation (ICKD, without its grid-level variant)")
+
+    def __init__(self, params: PairParams):
+        super().__init__(params)
+        self.embeddings = nn.ModuleList()
+
+    def build(self, examples: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        embeddings = []
+        for i, (f_s, f_t) in enumerate(examples):
+            self.require_maps(i, f_s, f_t)
+            c_s, c_t = as_map(f_s, self.kinds[i][0]).shape[1], as_map(f_t, self.kinds[i][1]).shape[1]
+            embeddings.append(conv1x1(c_s, c_t, f_s.dim() - 2))
+        self.embeddings = nn.ModuleList(embeddings)
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        losses = []
+        for (f_s, f_t, s_kind, t_kind), embed in zip(self.features(student, teacher), self.embeddings):
+            f_s, f_t = embed(as_map(f_s, s_kind)), as_map(f_t, t_kind)
+            losses.append((fsp_matrix(f_s, f_s) - fsp_matrix(f_t, f_t)).pow(2).mean())  # (B, C_t, C_t) entries
+        return self.total(losses)
+
+
 # ----- Hidden-state matching ----------------------------------------------------------------------
 class HiddenTerm(FeatureTerm):
     """Base of hidden_mse and hidden_cosine: student tokens through a learned linear map W onto the teacher's.
