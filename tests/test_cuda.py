@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 SHAPE = (1, 8, 8)
 # Terms that take a single teacher; the scheme terms with their own models (peers, exits, ensembles) are below.
 SINGLE = sorted(n for n, c in LOSSES.items() if c.needs_teacher and n != "multi_hint")
-FEATURE = {"at", "cc", "crd", "fitnet", "fsp", "gram", "hidden_cosine", "hidden_mse", "nst", "pkt", "rkd", "sp"}
+FEATURE = {"at", "cc", "crd", "fitnet", "fsp", "gram", "hidden_cosine", "hidden_mse", "ickd", "nst", "pkt", "rkd", "sp"}
 RANDOM = {"crd"}  # draws its negatives with the device's own generator
 
 
