@@ -48,8 +48,10 @@ RESPONSE = {
     "jsd (β = 0.5)": [{"name": "jsd", "weight": 0.9}, {"name": "ce", "weight": 0.1}],
     "logit mse": [{"name": "logit_mse", "weight": 0.9}, {"name": "ce", "weight": 0.1}],
     "dkd": [{"name": "dkd", "warmup_epochs": 5}, {"name": "ce"}],
+    "dist": [{"name": "dist"}, {"name": "ce"}],
+    "mlkd": [{"name": "mlkd"}, {"name": "ce"}],
 }
-FEATURE = ["fitnet", "at", "nst", "fsp", "gram", "hidden_mse", "hidden_cosine"]
+FEATURE = ["fitnet", "at", "nst", "fsp", "gram", "ickd", "hidden_mse", "hidden_cosine"]
 RELATION = ["rkd", "sp", "pkt", "cc", "crd"]
 OTHER = ["adversarial"]
 POOLED = ("rkd", "pkt", "cc", "crd")  # embedding terms: on large maps, the pooled embedding (pool: true)
@@ -73,7 +75,7 @@ def setups(quick: bool) -> dict[str, dict]:
 
 
 def term_spec(name: str, pairs, pool: bool = False) -> dict:
-    if name in ("fitnet", "at", "nst", "gram", "hidden_mse", "hidden_cosine"):
+    if name in ("fitnet", "at", "nst", "gram", "ickd", "hidden_mse", "hidden_cosine"):
         return {"name": name, "pairs": pairs}
     if name in ("fsp", "rkd", "sp", "pkt", "cc", "crd"):
         return {"name": name, "pairs": "auto", **({"nce_k": 256} if name == "crd" else {}),
