@@ -42,7 +42,8 @@ COLUMNS = (
 LATENCY_COLUMNS = 3  # the last three columns sit under a "Latency (ms)" group header
 
 CAPTIONS = {
-    "improvement": "Each solid bar is how many times smaller, cheaper or faster the final (int8) student is than "
+    "improvement": "Each solid bar is how many times smaller, cheaper or faster the deployed student (the artifact "
+                   "the run picked: see Deployment) is than "
                    "the teacher (log scale, 1× = no change) and the hatched bar beside it is the range the seed "
                    "paper claims; "
                    "the right panel does the same for the share of the teacher's accuracy that is kept.",
