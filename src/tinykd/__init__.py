@@ -1,8 +1,7 @@
 """tinykd: distil large neural networks into small ones for edge hardware, and measure the result."""
-__version__ = "0.1.0"
-
-from .errors import TinyKDError  # noqa: E402
-from .recipe import Recipe, default_recipe_path, load_recipe  # noqa: E402
+from .errors import TinyKDError
+from .recipe import Recipe, default_recipe_path, load_recipe
+from .version import __version__
 
 
 def resolve_recipe(recipe=None, overrides=()) -> Recipe:

@@ -241,7 +241,7 @@ def cmd_models(args, console: Console) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     p = argparse.ArgumentParser(prog="tinykd", description="Distil, quantize and measure small models for edge hardware.")
     p.add_argument("--version", action="version", version=f"tinykd {__version__}", help="print the version and exit")

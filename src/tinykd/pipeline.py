@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .compress.quantize import (calibration_subset, convert_onnx_fp16, quantize_onnx_dynamic,
                                 quantize_onnx_static, quantize_with_parity)
 from .data import load_dataset

@@ -29,8 +29,7 @@ from torch import nn
 from ..data.spec import Split
 from ..errors import TrainingError
 from ..io import read_json, write_json
-from .capture import Outputs
-from .losses.base import Batch
+from ..types import Batch, Outputs
 from .sources import TeacherRun, TeacherSource, as_teacher_source
 
 

@@ -1,25 +1,12 @@
 """Forward hooks that record the outputs of submodules by path, so feature losses need no model changes."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
 from ..errors import TinyKDError, closest
 from ..inference import module_device
-
-
-@dataclass
-class Outputs:
-    """What a loss term sees of one model on one batch: logits and captured features by module path."""
-
-    logits: torch.Tensor
-    features: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def to(self, device: torch.device) -> Outputs:
-        """The outputs with the logits and every feature on ``device`` (a cache serves them from the CPU)."""
-        return Outputs(self.logits.to(device), {k: v.to(device) for k, v in self.features.items()})
+from ..types import Outputs  # defined in tinykd.types; still importable from here
 
 
 def _first_tensor(out):

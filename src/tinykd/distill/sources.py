@@ -20,8 +20,8 @@ from rich.console import Console
 from torch import nn
 
 from ..data.spec import Split
-from .capture import FeatureCapture, Outputs
-from .losses.base import Batch
+from ..types import Batch, Outputs
+from .capture import FeatureCapture
 
 TeacherRun = Callable[[Batch], Outputs]
 

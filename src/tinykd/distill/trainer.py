@@ -29,9 +29,10 @@ from ..io import load_tensors, load_weights, read_json, save_tensors, write_json
 from ..measure.latency import torch_threads
 from ..threads import resolve_threads
 from ..recipe import MixupConfig, TrainConfig
-from .capture import FeatureCapture, Outputs, forward_with_features
+from ..types import Batch, Outputs
+from .capture import FeatureCapture, forward_with_features
 from .health import dead_units, dead_warning
-from .losses.base import Batch, LossTerm, SetupContext
+from .losses.base import LossTerm, SetupContext
 from .sources import BatchSource, TeacherSource, as_teacher_source
 
 DEAD_PROBE = 512  # training inputs (evenly spaced over the split) the dead-unit check runs on after every epoch

@@ -9,8 +9,8 @@ from pydantic import Field
 from torch import nn
 
 from ...errors import RecipeError, TinyKDError
-from ..capture import Outputs
-from .base import Batch, LossTerm, Params, SetupContext, register_loss
+from ...types import Batch, Outputs
+from .base import LossTerm, Params, SetupContext, register_loss
 
 
 class _GradientReversal(torch.autograd.Function):

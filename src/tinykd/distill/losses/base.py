@@ -9,21 +9,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import nn
 
 from ...errors import RecipeError, closest, unknown_name
+from ...types import Batch, Outputs  # Batch is defined in tinykd.types; still importable from here
 from ...yamlload import short_repr
-from ..capture import Outputs
-
-
-@dataclass
-class Batch:
-    """One mini-batch: inputs, labels (-1 where a sample has no label) and dataset indices."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    index: torch.Tensor
-
-    def to(self, device: torch.device) -> Batch:
-        """The batch with its three tensors on ``device`` (tensors already there are not copied)."""
-        return Batch(self.x.to(device), self.y.to(device), self.index.to(device))
 
 
 @dataclass
@@ -91,6 +78,8 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
 
+# Filled by the term modules of this package, every one of which tinykd.distill.losses imports: importing any
+# module of the package (this one included) registers every built-in term.
 LOSSES: dict[str, type[LossTerm]] = {}
 
 
@@ -100,15 +89,8 @@ def register_loss(cls: type[LossTerm]) -> type[LossTerm]:
     return cls
 
 
-def _register_scheme_terms() -> None:
-    """The schemes' terms (dml, peer_ensemble, byot, pskd, multi_hint) register when tinykd.distill.schemes is
-    imported; it imports the trainer, which imports this module, so it is imported on first lookup instead."""
-    import tinykd.distill.schemes  # noqa: F401
-
-
 def build_loss(name: str, params: dict, *, where: str = "distill.losses") -> LossTerm:
     """A LossTerm from its registry name and raw hyper-parameters, with recipe-style errors."""
-    _register_scheme_terms()
     if name not in LOSSES:
         raise unknown_name("loss term", name, LOSSES, where=where)
     cls = LOSSES[name]
@@ -133,7 +115,6 @@ def build_loss(name: str, params: dict, *, where: str = "distill.losses") -> Los
 def describe_losses() -> list[dict]:
     """Name, description, paper and hyper-parameters of every registered term: ``required`` (names a recipe must
     give) and ``params`` (the others, with their defaults)."""
-    _register_scheme_terms()
     rows = []
     for name, cls in sorted(LOSSES.items()):
         fields = cls.Params.model_fields

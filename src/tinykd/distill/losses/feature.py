@@ -24,8 +24,9 @@ from rich.console import Console
 from torch import nn
 
 from ...errors import TinyKDError
-from ..capture import Outputs, forward_with_features
-from .base import Batch, LossTerm, Params, SetupContext, register_loss
+from ...types import Batch, Outputs
+from ..capture import forward_with_features
+from .base import LossTerm, Params, SetupContext, register_loss
 from .pairing import auto_pairs
 
 console = Console(stderr=True)

@@ -9,9 +9,9 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ...errors import RecipeError, TinyKDError
-from ..capture import Outputs
+from ...types import Batch, Outputs
 from .adversarial import grad_reverse
-from .base import MAX_TEMPERATURE, Batch, LossTerm, Params, register_loss
+from .base import MAX_TEMPERATURE, LossTerm, Params, register_loss
 
 
 def hard_label_ce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -25,8 +25,8 @@ from ...data.spec import Split
 from ...errors import TinyKDError
 from ...inference import module_device
 from ...io import atomic_write
+from ...types import Batch
 from ..capture import FeatureCapture, _first_tensor
-from ..losses.base import Batch
 from ..sources import BatchSource
 
 
