@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 SHAPE = (1, 8, 8)
 # Terms that take a single teacher; the scheme terms with their own models (peers, exits, ensembles) are below.
 SINGLE = sorted(n for n, c in LOSSES.items() if c.needs_teacher and n != "multi_hint")
-FEATURE = {"at", "cc", "crd", "fitnet", "fsp", "gram", "hidden_cosine", "hidden_mse", "ickd", "nst", "pkt", "rkd", "sp"}
+FEATURE = {"ab", "at", "catkd", "cc", "crd", "fitnet", "fsp", "gram", "hidden_cosine", "hidden_mse", "ickd", "nst", "pkt",
+           "rkd", "sp", "vid"}
 RANDOM = {"crd"}  # draws its negatives with the device's own generator
 
 
@@ -45,9 +46,9 @@ def _data(n=256, seed=0):
     return Split(x[:192], y[:192]), Split(x[192:], y[192:])
 
 
-def _cnn(widths, seed):
+def _cnn(widths, seed, hidden=16):
     torch.manual_seed(seed)
-    return create_model("cnn", num_classes=4, in_shape=SHAPE, widths=widths, hidden=16)
+    return create_model("cnn", num_classes=4, in_shape=SHAPE, widths=widths, hidden=hidden)
 
 
 def _params(name):
@@ -58,8 +59,10 @@ def _params(name):
 
 
 def _pair(name):
-    """A student and a wider teacher (FSP compares the matrices entry by entry: the same widths there)."""
-    return _cnn([4, 8], 0), _cnn([4, 8] if name == "fsp" else [8, 16], 1)
+    """A student and a wider teacher (FSP compares the matrices entry by entry: the same widths there; catkd's
+    class activation maps need the classifier to read the last map, hence no hidden layer)."""
+    hidden = 0 if name == "catkd" else 16
+    return _cnn([4, 8], 0, hidden), _cnn([4, 8] if name == "fsp" else [8, 16], 1, hidden)
 
 
 def _devices(*modules):

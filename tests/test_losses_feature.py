@@ -8,6 +8,8 @@ from tinykd.data.spec import Split
 from tinykd.distill.capture import Outputs
 from tinykd.distill.losses import Batch, SetupContext, build_loss
 from tinykd.distill.losses.pairing import auto_pairs
+from tinykd.distill.capture import forward_with_features
+from tinykd.distill.losses.feature import class_activation_maps
 from tinykd.distill.trainer import Trainer
 from tinykd.errors import RecipeError, TinyKDError
 from tinykd.models import create_model
@@ -298,6 +300,267 @@ def test_ickd_known_values():
         _setup("ickd", {"student": "a", "teacher": "b"}, {"a": _rand(2, 4)}, {"b": _rand(2, 3, 2, 2)})
 
 
+# ----- vid ----------------------------------------------------------------------------------------
+def _np_conv1x1(x, conv):
+    """A biased 1×1 conv on a (B, C, H, W) numpy map."""
+    return np.einsum("oc,bchw->bohw", _np(conv.weight)[:, :, 0, 0], x) + _np(conv.bias)[None, :, None, None]
+
+
+def _np_vid(s, t, regressor, variances):
+    """Mean over samples, channels and positions of ½ log σ²_c + (t − μ(s))² / (2σ²_c), written as a loop."""
+    c1, _, c2, _, c3 = regressor
+    mu = _np_conv1x1(np.maximum(_np_conv1x1(np.maximum(_np_conv1x1(s, c1), 0), c2), 0), c3)
+    b, c, h, w = t.shape
+    total = 0.0
+    for ch in range(c):
+        v = variances[ch]
+        for i in range(b):
+            for y in range(h):
+                for x in range(w):
+                    total += 0.5 * np.log(v) + (t[i, ch, y, x] - mu[i, ch, y, x]) ** 2 / (2 * v)
+    return total / (b * c * h * w)
+
+
+def test_vid_matches_gaussian_negative_log_likelihood():
+    s, t = _rand(2, 3, 4, 4), _rand(2, 5, 4, 4, seed=1)
+    term = _setup("vid", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}).double()
+    convs = [m for m in term.regressors[0] if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(3, 5, (1, 1)), (5, 5, (1, 1)), (5, 5, (1, 1))]
+    assert [type(m) for m in term.regressors[0]][1::2] == [nn.ReLU, nn.ReLU]
+    # σ²_c = softplus(α_c) + ε starts at init_variance for every channel.
+    np.testing.assert_allclose(_np(term.variances(0)), 5.0, rtol=1e-6)  # α_c was built in float32
+    with torch.no_grad():
+        term.alphas[0].normal_()
+    variances = np.log1p(np.exp(_np(term.alphas[0]))) + 1e-5
+    assert _call(term, {"a": s}, {"b": t}).item() == pytest.approx(_np_vid(_np(s), _np(t), term.regressors[0], variances), rel=1e-9)
+    # Summed over pairs; the larger map of a pair is pooled to the smaller size.
+    big = _rand(2, 3, 8, 8, seed=2)
+    pairs = _setup("vid", {"pairs": [["a", "b"], ["c", "b"]]}, {"a": s, "c": big}, {"b": t}).double()
+    expected = (_np_vid(_np(s), _np(t), pairs.regressors[0], _np(pairs.variances(0)))
+                + _np_vid(_block_mean(_np(big), 2), _np(t), pairs.regressors[1], _np(pairs.variances(1))))
+    assert _call(pairs, {"a": s, "c": big}, {"b": t}).item() == pytest.approx(expected, rel=1e-9)
+    assert sum(p.numel() for p in term.parameters()) == (3 * 5 + 5) + 2 * (5 * 5 + 5) + 5
+
+
+def _identity_regressor(term, scale=1.0):
+    """μ(s) = scale·s for s ≥ 0, and σ² = 5 exactly in float64."""
+    with torch.no_grad():
+        term.alphas[0].fill_(float(np.log(np.expm1(5.0 - 1e-5))))
+        for i, conv in enumerate(m for m in term.regressors[0] if not isinstance(m, nn.ReLU)):
+            conv.weight.copy_(torch.eye(conv.out_channels, dtype=torch.float64)[:, :, None, None] * (scale if i == 0 else 1.0))
+            conv.bias.zero_()
+
+
+def test_vid_known_values_and_minimum():
+    # One channel, two positions: μ(s) = 2s = [2, 6] against t = [2, 2], σ² = 5: ½ log 5 + (0 + 16) / 2 / (2·5).
+    s, t = torch.tensor([[[[1.0, 3.0]]]], dtype=torch.float64), torch.tensor([[[[2.0, 2.0]]]], dtype=torch.float64)
+    tiny = _setup("vid", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}).double()
+    _identity_regressor(tiny, scale=2.0)
+    assert _call(tiny, {"a": s}, {"b": t}).item() == pytest.approx(0.5 * np.log(5.0) + 0.8, rel=1e-12)
+    # For a fixed residual the likelihood is best at σ² = mean r² (here 8), where the value is ½ log 8 + ½.
+    with torch.no_grad():
+        tiny.alphas[0].fill_(float(np.log(np.expm1(8.0 - 1e-5))))
+    best = _call(tiny, {"a": s}, {"b": t}).item()
+    assert best == pytest.approx(0.5 * np.log(8.0) + 0.5, rel=1e-12)
+    for v in (4.0, 16.0):
+        with torch.no_grad():
+            tiny.alphas[0].fill_(float(np.log(np.expm1(v - 1e-5))))
+        assert _call(tiny, {"a": s}, {"b": t}).item() > best
+    # Identical (non-negative, so the ReLUs pass them) features through an identity μ: the residual is 0 and the
+    # value falls to its floor ½ log ε as σ² → ε.
+    f = _rand(2, 3, 4, 4).abs()
+    same = _setup("vid", {"student": "a", "teacher": "b"}, {"a": f}, {"b": f}).double()
+    _identity_regressor(same)
+    assert _call(same, {"a": f}, {"b": f.clone()}).item() == pytest.approx(0.5 * np.log(5.0), rel=1e-12)
+    with torch.no_grad():
+        same.alphas[0].fill_(-100.0)
+    assert _call(same, {"a": f}, {"b": f.clone()}).item() == pytest.approx(0.5 * np.log(1e-5), rel=1e-9)
+
+
+def test_vid_vectors_init_variance_and_errors():
+    vec = _setup("vid", {"student": "a", "teacher": "b", "init_variance": 0.5}, {"a": _rand(4, 5)}, {"b": _rand(4, 7)}).double()
+    assert isinstance(vec.regressors[0][0], nn.Conv1d) and (vec.regressors[0][0].in_channels, vec.regressors[0][-1].out_channels) == (5, 7)
+    assert vec.variances(0).detach().numpy() == pytest.approx(np.full(7, 0.5), rel=1e-6)
+    assert _call(vec, {"a": _rand(4, 5)}, {"b": _rand(4, 7)}).dim() == 0
+    with pytest.raises(TinyKDError, match=r"vid: student 'a' \(B, 5\) and teacher 'b' \(B, 3, 2, 2\) cannot be compared"):
+        _setup("vid", {"student": "a", "teacher": "b"}, {"a": _rand(2, 5)}, {"b": _rand(2, 3, 2, 2)})
+    with pytest.raises(RecipeError, match=r"init_variance: Input should be greater than 0.00001"):
+        build_loss("vid", {"pairs": "auto", "init_variance": 0.0})
+
+
+# ----- ab -----------------------------------------------------------------------------------------
+def _np_ab(r, t, m):
+    """Mean over elements of ρ·max(m − r, 0)² + (1 − ρ)·max(m + r, 0)², ρ = 1[t > 0], written as a loop."""
+    total = 0.0
+    for r_i, t_i in zip(r.ravel(), t.ravel()):
+        total += max(m - r_i, 0.0) ** 2 if t_i > 0 else max(m + r_i, 0.0) ** 2
+    return total / r.size
+
+
+@pytest.mark.parametrize("margin", [1.0, 2.0, 0.3])
+def test_ab_matches_alternative_loss_through_connector(margin):
+    s, t = _rand(4, 3, 5, 5), _rand(4, 6, 5, 5, seed=1)
+    term = _setup("ab", {"student": "a", "teacher": "b", "margin": margin}, {"a": s}, {"b": t}).double()
+    conv, bn = term.connectors[0]
+    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and (conv.in_channels, conv.out_channels) == (3, 6)
+    assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == 6
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.normal_()
+    z = np.einsum("oc,bchw->bohw", _np(conv.weight)[:, :, 0, 0], _np(s))
+    r = _bn_train(z, _np(bn.weight), _np(bn.bias))  # r(s) = BN(W s), batch statistics in training
+    assert _call(term, {"a": s}, {"b": t}).item() == pytest.approx(_np_ab(r, _np(t), margin), rel=1e-9)
+    # The teacher's pre- or post-ReLU feature gives the same ρ.
+    assert _call(term, {"a": s}, {"b": t.clamp(min=0)}).item() == pytest.approx(_np_ab(r, _np(t), margin), rel=1e-9)
+
+
+def _ab_identity(term, weight=1.0):
+    term.eval()
+    conv, bn = term.connectors[0]
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(conv.out_channels, dtype=torch.float64)[:, :, None, None] * weight)
+    bn.eps = 0.0  # eval BN at init (mean 0, var 1, γ 1, β 0) is then the identity
+
+
+def test_ab_known_values():
+    # r = 0.5·s = [0.2, 0.5, 1.5, −2.0] against t = [0.5, 0, 2, −1] (0 counts as inactive):
+    # (1 − 0.2)² + (1 + 0.5)² + 0 (1.5 ≥ m) + 0 (−2 ≤ −m), mean over the 4 elements.
+    s = torch.tensor([0.4, 1.0, 3.0, -4.0], dtype=torch.float64).view(1, 1, 2, 2)
+    t = torch.tensor([0.5, 0.0, 2.0, -1.0], dtype=torch.float64).view(1, 1, 2, 2)
+    term = _setup("ab", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}).double()
+    _ab_identity(term, 0.5)
+    assert _call(term, {"a": s}, {"b": t}).item() == pytest.approx((0.8**2 + 1.5**2) / 4, rel=1e-12)
+    two = _setup("ab", {"student": "a", "teacher": "b", "margin": 2.0}, {"a": s}, {"b": t}).double()
+    _ab_identity(two, 0.5)  # m = 2: (2 − 0.2)² + (2 + 0.5)² + (2 − 1.5)² + 0
+    assert _call(two, {"a": s}, {"b": t}).item() == pytest.approx((1.8**2 + 2.5**2 + 0.5**2) / 4, rel=1e-12)
+    # Identical features at least the margin away from the boundary: every boundary is matched, the loss is 0.
+    f = _rand(2, 3, 4, 4)
+    f = f + torch.sign(f)  # |f| ≥ 1
+    same = _setup("ab", {"student": "a", "teacher": "b"}, {"a": f}, {"b": f}).double()
+    _ab_identity(same)
+    assert _call(same, {"a": f}, {"b": f.clone()}).item() == 0.0
+    vec = _setup("ab", {"student": "a", "teacher": "b"}, {"a": _rand(4, 5)}, {"b": _rand(4, 7)}).double()
+    assert [type(m) for m in vec.connectors[0]] == [nn.Conv1d, nn.BatchNorm1d]
+    conv, bn = vec.connectors[0]  # a (B, D) vector is a (B, D, 1) map: the connector is linear + BN over the batch
+    r = _bn_train((_np(_rand(4, 5)) @ _np(conv.weight)[:, :, 0].T)[:, :, None, None], _np(bn.weight), _np(bn.bias))
+    assert _call(vec, {"a": _rand(4, 5)}, {"b": _rand(4, 7)}).item() == pytest.approx(_np_ab(r, _np(_rand(4, 7)), 1.0), rel=1e-9)
+    with pytest.raises(RecipeError, match=r"margin: .*greater than 0"):
+        build_loss("ab", {"pairs": "auto", "margin": 0})
+
+
+# ----- catkd --------------------------------------------------------------------------------------
+class _Classifier(nn.Module):
+    def __init__(self, d, k):
+        super().__init__()
+        self.fc = nn.Linear(d, k)
+
+
+def _np_catkd(cam_s, cam_t, k):
+    """Block-mean pool each (B, K, H, W) CAM to k×k, L2-normalise each map, mean squared difference."""
+    def prep(cam):
+        p = _block_mean(cam, cam.shape[2] // k).reshape(cam.shape[0], cam.shape[1], -1)
+        return p / np.linalg.norm(p, axis=2, keepdims=True)
+    return ((prep(cam_s) - prep(cam_t)) ** 2).mean()
+
+
+def test_catkd_matches_pooled_normalised_cams_after_global_pooling():
+    s, t = _rand(2, 3, 6, 6), _rand(2, 6, 4, 4, seed=1)
+    student, teacher = _Classifier(3, 4).double(), _Classifier(6, 4).double()
+    term = _setup("catkd", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}, student, teacher)
+    assert term.classifier_paths == ("fc", "fc") and term.flat == (False, False)
+    assert list(term.parameters()) == []  # the classifiers are the models' own, not helpers
+    cam = lambda f, m: np.einsum("kc,bchw->bkhw", _np(m.fc.weight), _np(f))  # noqa: E731  CAM_k = Σ_c w_kc F_c
+    assert _call(term, {"a": s}, {"b": t}).item() == pytest.approx(_np_catkd(cam(s, student), cam(t, teacher), 2), rel=1e-9)
+    one = _setup("catkd", {"student": "a", "teacher": "b", "pool_size": 1}, {"a": s}, {"b": t}, student, teacher)
+    assert _call(one, {"a": s}, {"b": t}).item() == pytest.approx(_np_catkd(cam(s, student), cam(t, teacher), 1), rel=1e-9)
+
+
+def test_catkd_reads_a_flattening_classifier_per_position():
+    f = _rand(2, 3, 4, 4)
+    model = _Classifier(3 * 16, 5).double()
+    term = _setup("catkd", {"student": "a", "teacher": "b"}, {"a": f}, {"b": f}, model, _Classifier(3 * 16, 5).double())
+    assert term.flat == (True, True)
+    w = _np(model.fc.weight).reshape(5, 3, 4, 4)
+    cam = np.zeros((2, 5, 4, 4))
+    for k in range(5):
+        for c in range(3):
+            cam[:, k] += w[k, c] * _np(f)[:, c]  # CAM_k(h, w) = Σ_c w_{k, c, h, w} F_c(h, w)
+    pooled = _block_mean(cam, 2).reshape(2, 5, -1)
+    np.testing.assert_allclose(_np(term.cams(f, 0)), pooled / np.linalg.norm(pooled, axis=2, keepdims=True), rtol=1e-9)
+    # The CAM's positions sum to the logit without its bias.
+    torch.testing.assert_close(class_activation_maps(f, model.fc.weight, True).sum((2, 3)),
+                               model.fc(f.flatten(1)) - model.fc.bias)
+
+
+def test_catkd_known_values():
+    # pool_size 1: each normalised CAM is the sign of its sum. Student classes (+, −), teacher (+, +): (0² + 2²) / 2.
+    f = torch.ones(1, 1, 2, 2, dtype=torch.float64)
+    student, teacher = _Classifier(1, 2).double(), _Classifier(1, 2).double()
+    with torch.no_grad():
+        student.fc.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        teacher.fc.weight.copy_(torch.tensor([[1.0], [1.0]]))
+    one = _setup("catkd", {"student": "a", "teacher": "b", "pool_size": 1}, {"a": f}, {"b": f}, student, teacher)
+    assert _call(one, {"a": f}, {"b": f}).item() == pytest.approx(2.0, rel=1e-12)
+    # 2×2 maps, both classes weight 1: student attends the top-left position, teacher the bottom-right;
+    # each map's squared distance is 1 + 1 over 4 positions.
+    with torch.no_grad():
+        student.fc.weight.fill_(1.0)
+    s = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64).view(1, 1, 2, 2)
+    t = torch.tensor([[0.0, 0.0], [0.0, 3.0]], dtype=torch.float64).view(1, 1, 2, 2)
+    two = _setup("catkd", {"student": "a", "teacher": "b"}, {"a": s}, {"b": t}, student, teacher)
+    assert _call(two, {"a": s}, {"b": t}).item() == pytest.approx(0.5, rel=1e-12)
+    # Identical features and classifiers: identical CAMs, loss 0; a scaled feature map gives the same CAMs.
+    g = _rand(2, 3, 4, 4)
+    model = _Classifier(3, 4).double()
+    same = _setup("catkd", {"student": "a", "teacher": "b"}, {"a": g}, {"b": g}, model, model)
+    assert _call(same, {"a": g}, {"b": g.clone()}).item() == pytest.approx(0.0, abs=1e-15)
+    assert _call(same, {"a": 3.0 * g}, {"b": g}).item() == pytest.approx(0.0, abs=1e-15)
+
+
+def test_catkd_default_classifier_auto_pairs_and_errors():
+    r8, r20 = (create_model(n, num_classes=10, in_shape=MNIST) for n in ("resnet8", "resnet20"))
+    x = torch.randn(4, *MNIST)
+    term = build_loss("catkd", {"pairs": "auto"})
+    term.setup(SetupContext(r8, r20, Outputs(r8(x)), Outputs(r20(x)), Batch(x, torch.zeros(4).long(), torch.arange(4)), 4, 10))
+    assert term.pairs == [("layer3", "layer3")] and term.classifier_paths == ("fc", "fc") and term.flat == (False, False)
+    cnn_s, cnn_t = _cnn([8, 16]), _cnn([16, 32])  # hidden: 32 between the map and head.fc
+    with pytest.raises(TinyKDError, match=r"catkd: the student's classifier 'head.fc' reads 32 features, but 'features.1' "
+                                          r"\(B, 16, 7, 7\) gives 16 channels \(784 flattened\).*\n  fix: .*hidden: 0"):
+        term = build_loss("catkd", {"student": "features.1", "teacher": "features.1"})
+        term.setup(SetupContext(cnn_s, cnn_t, Outputs(cnn_s(x)), Outputs(cnn_t(x)), Batch(x, torch.zeros(4).long(),
+                                torch.arange(4)), 4, 10))
+    with pytest.raises(TinyKDError, match=r"the teacher's 'features.1' is a Sequential, not an nn.Linear"):
+        term = build_loss("catkd", {"student": "features.1", "teacher": "features.1", "teacher_classifier": "features.1"})
+        term.setup(SetupContext(cnn_s, cnn_t, Outputs(cnn_s(x)), Outputs(cnn_t(x)), Batch(x, torch.zeros(4).long(),
+                                torch.arange(4)), 4, 10))
+    with pytest.raises(TinyKDError, match=r"student's classifier has 4 classes, the teacher's 5"):
+        _setup("catkd", {"student": "a", "teacher": "b"}, {"a": _rand(2, 3, 2, 2)}, {"b": _rand(2, 3, 2, 2)},
+               _Classifier(3, 4), _Classifier(3, 5))
+    with pytest.raises(TinyKDError, match=r"the student feature at 'a' is vector \(B, 3\)"):
+        _setup("catkd", {"student": "a", "teacher": "b"}, {"a": _rand(2, 3)}, {"b": _rand(2, 3, 2, 2)},
+               _Classifier(3, 4), _Classifier(3, 4))
+    with pytest.raises(RecipeError, match=r"one layer per network .* got 2 pairs"):
+        build_loss("catkd", {"pairs": [["a", "b"], ["c", "d"]]})
+    with pytest.raises(RecipeError, match=r"num_pairs must be 1"):
+        build_loss("catkd", {"pairs": "auto", "num_pairs": 2})
+
+
+def test_catkd_gradients_reach_student_features_and_classifier_never_teacher():
+    torch.manual_seed(0)
+    student = create_model("cnn", num_classes=10, in_shape=MNIST, widths=[4, 8], hidden=0)
+    teacher = create_model("cnn", num_classes=10, in_shape=MNIST, widths=[8, 16], hidden=0)
+    x = torch.randn(4, *MNIST)
+    term = build_loss("catkd", {"pairs": "auto"})
+    term.setup(SetupContext(student, teacher, Outputs(student(x)), Outputs(teacher(x)),
+                            Batch(x, torch.zeros(4).long(), torch.arange(4)), 4, 10))
+    assert term.classifier_paths == ("head.fc", "head.fc") and term.flat == (True, True)
+    s = forward_with_features(student, x, term.student_paths)
+    t = forward_with_features(teacher, x, term.teacher_paths)
+    term(s, t, Batch(x, torch.zeros(4).long(), torch.arange(4))).backward()
+    assert student.head.fc.weight.grad.abs().sum() > 0 and student.features[0].conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
 # ----- hidden states ------------------------------------------------------------------------------
 def _projected_tokens(term, h_s):
     proj = term.projections[0]
@@ -335,7 +598,7 @@ def test_hidden_terms_identity_when_widths_match_and_token_count_errors():
 
 
 # ----- properties shared by every term ------------------------------------------------------------
-@pytest.mark.parametrize("name", ["fitnet", "at", "nst", "gram", "hidden_mse", "hidden_cosine", "fsp", "ickd"])
+@pytest.mark.parametrize("name", ["fitnet", "at", "nst", "gram", "hidden_mse", "hidden_cosine", "fsp", "ickd", "vid", "ab"])
 def test_gradients_reach_student_and_helpers_never_teacher(name):
     s_feats = {"a": _rand(4, 3, 6, 6), "b": _rand(4, 3, 6, 6, seed=1)}
     t_feats = {"c": _rand(4, 3, 6, 6, seed=2), "d": _rand(4, 5, 6, 6, seed=3)}
@@ -350,7 +613,7 @@ def test_gradients_reach_student_and_helpers_never_teacher(name):
     assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in s.values())
     assert all(v.grad is None for v in t.values())
     assert all(p.grad is not None for p in term.parameters())
-    assert name not in ("fitnet", "gram", "hidden_mse", "hidden_cosine", "ickd") or len(list(term.parameters())) > 0
+    assert name not in ("fitnet", "gram", "hidden_mse", "hidden_cosine", "ickd", "vid", "ab") or len(list(term.parameters())) > 0
 
 
 def test_param_errors_are_recipe_errors():
@@ -402,7 +665,7 @@ def test_pairs_auto_resolves_in_setup_and_sets_capture_paths():
 
 
 # ----- training -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["fitnet", "at", "ickd"])
+@pytest.mark.parametrize("name", ["fitnet", "at", "ickd", "vid", "ab", "catkd"])
 def test_training_with_feature_term_decreases_it(tmp_path, name):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(160, 1, 8, 8, generator=g)

@@ -15,17 +15,20 @@ differ in spatial size, the larger is adaptive-average-pooled to the smaller one
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator
+from pydantic import model_validator
 from rich.console import Console
 from torch import nn
 
 from ...errors import TinyKDError
 from ...types import Batch, Outputs
 from ..capture import forward_with_features
+from ..capture import resolve_module
 from .base import LossTerm, Params, SetupContext, register_loss
 from .pairing import auto_pairs
 
@@ -532,6 +535,270 @@ class ICKD(FeatureTerm):
             f_s, f_t = embed(as_map(f_s, s_kind)), as_map(f_t, t_kind)
             losses.append((fsp_matrix(f_s, f_s) - fsp_matrix(f_t, f_t)).pow(2).mean())  # (B, C_t, C_t) entries
         return self.total(losses)
+
+
+# ----- Variational information distillation -------------------------------------------------------
+def channel_map(x: torch.Tensor, kind: Kind) -> torch.Tensor:
+    """(B, C, *spatial) for a per-channel helper: tokens become a (B, D, T) map, a vector a (B, D, 1) map."""
+    return x.unsqueeze(-1) if kind == "vector" else as_map(x, kind)
+
+
+def conv1x1_biased(c_in: int, c_out: int, rank: int) -> nn.Conv1d | nn.Conv2d:
+    """A 1×1 convolution with a bias, over maps with ``rank`` spatial dimensions."""
+    return (nn.Conv1d if rank == 1 else nn.Conv2d)(c_in, c_out, 1)
+
+
+class ChannelMapTerm(FeatureTerm):
+    """Base of vid and ab: a helper acts on each channel map; maps (2-D or 1-D), tokens (as (B, D, T) maps) and
+    vectors (as (B, D, 1) maps, where a 1×1 conv is a linear layer) are compared with their own kind, and the
+    larger of two maps is adaptive-average-pooled to the smaller size."""
+
+    def check_pair(self, i: int, s_x: torch.Tensor, t_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair's example features as (B, C, *spatial) maps; a TinyKDError when their kinds differ."""
+        kinds = self.kinds[i]
+        s_m, t_m = channel_map(s_x, kinds[0]), channel_map(t_x, kinds[1])
+        if ("vector" in kinds and kinds[0] != kinds[1]) or s_m.dim() != t_m.dim():
+            raise self.mismatch(i, s_x.shape, t_x.shape, f"cannot be compared ({kinds[0]} vs {kinds[1]}): {self.name} "
+                                "maps 2-D maps onto 2-D maps, 1-D maps or tokens onto each other, vectors onto vectors",
+                                "pair layers of the same kind in both networks")
+        return s_m, t_m
+
+    def maps(self, student: Outputs, teacher: Outputs):
+        """(student map, teacher map) of each pair, of the same spatial size."""
+        for s, t, s_kind, t_kind in self.features(student, teacher):
+            yield match_spatial(channel_map(s, s_kind), channel_map(t, t_kind))
+
+
+VID_EPS = 1e-5  # ε of σ²_c = softplus(α_c) + ε: the smallest variance, so log σ_c ≥ ½ log ε ≈ −5.76
+
+
+class VIDParams(PairParams):
+    init_variance: float = Field(5.0, gt=VID_EPS, le=1e6)  # σ²_c at the start (α_c = softplus⁻¹(init_variance − ε))
+
+
+@register_loss
+class VID(ChannelMapTerm):
+    """Σ_pairs mean over samples, channels and positions of log σ_c + (t − μ(s))² / (2σ²_c), σ²_c = softplus(α_c) + ε.
+
+    Ahn et al. (CVPR 2019), Eq. 2 and 4: the student's feature s predicts the teacher's t through a Gaussian
+    q(t | s) = N(μ(s), diag σ²) whose mean μ is a regressor, three 1×1 convolutions (C_s → C_t → C_t → C_t,
+    with biases) with ReLU in between, and whose variance is learned per channel: σ²_c = softplus(α_c) + ε,
+    ε = 1e-5, α_c initialised so that every σ²_c starts at ``init_variance`` (default 5). The value is the
+    negative log-likelihood −log q(t | s) without its constant ½ log 2π, averaged over positions and channels
+    (and samples) instead of the paper's sum over them, so it does not grow with map size (a constant factor
+    per pair, absorbed by the weight, the paper's λ); it can be negative, and its floor is ½ log ε. The
+    regressor and the α_c are the term's helpers. Pass pairs of the same spatial size, as the paper does (a
+    larger map is pooled to the smaller size). Add a ce term, as in the paper.
+    """
+
+    name = "vid"
+    description = ("variational information distillation: Gaussian likelihood of the teacher's feature given the "
+                   "student's, with a 1×1-conv regressor mean and learned per-channel variance")
+    paper = ("Ahn, Hu, Damianou, Lawrence & Dai, CVPR 2019, Variational Information Distillation for Knowledge "
+             "Transfer, Eq. 2 and 4")
+    Params = VIDParams
+
+    def __init__(self, params: VIDParams):
+        super().__init__(params)
+        self.regressors = nn.ModuleList()
+        self.alphas = nn.ParameterList()
+
+    def build(self, examples: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        alpha0 = math.log(math.expm1(self.params.init_variance - VID_EPS))  # softplus⁻¹
+        regressors, alphas = [], []
+        for i, (s_x, t_x) in enumerate(examples):
+            s_m, t_m = self.check_pair(i, s_x, t_x)
+            c_s, c_t, rank = s_m.shape[1], t_m.shape[1], s_m.dim() - 2
+            regressors.append(nn.Sequential(conv1x1_biased(c_s, c_t, rank), nn.ReLU(),
+                                            conv1x1_biased(c_t, c_t, rank), nn.ReLU(), conv1x1_biased(c_t, c_t, rank)))
+            alphas.append(nn.Parameter(torch.full((c_t,), alpha0)))
+        self.regressors = nn.ModuleList(regressors)
+        self.alphas = nn.ParameterList(alphas)
+
+    def variances(self, i: int) -> torch.Tensor:
+        """σ²_c of pair ``i``, (C_t,)."""
+        return F.softplus(self.alphas[i]) + VID_EPS
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        losses = []
+        for i, ((s, t), mu) in enumerate(zip(self.maps(student, teacher), self.regressors)):
+            var = self.variances(i).view(1, -1, *([1] * (t.dim() - 2)))  # broadcast over batch and positions
+            losses.append((0.5 * var.log() + (t - mu(s)).pow(2) / (2 * var)).mean())  # −log q(t | s) − const
+        return self.total(losses)
+
+
+# ----- Activation boundaries ----------------------------------------------------------------------
+class ABParams(PairParams):
+    margin: float = Field(1.0, gt=0.0, le=1e3)  # m: how far past the boundary the student's response must go
+
+
+@register_loss
+class AB(ChannelMapTerm):
+    """Σ_pairs mean over elements of ρ(t)·σ(m − r(s))² + (1 − ρ(t))·σ(m + r(s))², ρ(t) = 1[t > 0], σ = ReLU.
+
+    Heo et al. (AAAI 2019), the alternative (piecewise differentiable) activation-transfer loss: where a
+    teacher neuron is active the connected student response r(s) is pushed above m, where it is inactive
+    below −m, and a response already past the margin costs nothing. r is the paper's connector, a 1×1
+    conv + BN (a helper of the term). Name the student's pre-ReLU layer (cnn: ``features.i.bn``); the
+    teacher's may be pre- or post-ReLU, ρ is the same. m = 1 by default, tinykd's choice: the margin is a
+    hyper-parameter of the paper, not re-checked here against its experiments. The value is the mean over
+    the B·C·H·W elements instead of the paper's squared 2-norm (the sum), so it does not grow with batch
+    or map size (absorbed by the weight). The paper trains with this loss alone as an initialisation stage
+    before classification training; tinykd uses it as a term in the weighted list (combine it with ce/kd).
+    """
+
+    name = "ab"
+    description = ("activation-boundary distillation: hinge-like loss making a 1×1-conv+BN connected student "
+                   "response active/inactive where the teacher's neurons are, by a margin")
+    paper = ("Heo, Lee, Yun & Choi, AAAI 2019, Knowledge Transfer via Distillation of Activation Boundaries Formed "
+             "by Hidden Neurons (alternative loss, used as a term)")
+    Params = ABParams
+
+    def __init__(self, params: ABParams):
+        super().__init__(params)
+        self.connectors = nn.ModuleList()
+
+    def build(self, examples: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        connectors = []
+        for i, (s_x, t_x) in enumerate(examples):
+            s_m, t_m = self.check_pair(i, s_x, t_x)
+            bn = nn.BatchNorm2d if s_m.dim() == 4 else nn.BatchNorm1d
+            connectors.append(nn.Sequential(conv1x1(s_m.shape[1], t_m.shape[1], s_m.dim() - 2), bn(t_m.shape[1])))
+        self.connectors = nn.ModuleList(connectors)
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        m, losses = self.params.margin, []
+        for (s, t), connector in zip(self.maps(student, teacher), self.connectors):
+            r = connector(s)
+            rho = (t > 0).to(r.dtype)  # the teacher neuron's activation
+            losses.append((rho * F.relu(m - r).pow(2) + (1 - rho) * F.relu(m + r).pow(2)).mean())
+        return self.total(losses)
+
+
+# ----- Class attention transfer -------------------------------------------------------------------
+class CATKDParams(PairParams):
+    student_classifier: str | None = None  # path of the student's final nn.Linear (default: its last Linear)
+    teacher_classifier: str | None = None  # the same in the teacher
+    pool_size: int = Field(2, ge=1, le=64)  # CAMs are average-pooled to pool_size × pool_size (or pool_size)
+
+    @model_validator(mode="after")
+    def _one_pair(self):
+        if isinstance(self.pairs, list) and len(self.pairs) != 1:
+            raise ValueError(f"catkd compares the CAMs of one layer per network (the last feature map), got "
+                             f"{len(self.pairs)} pairs")
+        if self.num_pairs not in (None, 1):
+            raise ValueError("catkd compares one pair (the last feature maps): num_pairs must be 1")
+        if self.pairs == "auto":
+            self.num_pairs = 1  # pairs: auto picks the deepest stage pair
+        return self
+
+
+def last_linear(model: nn.Module, role: str) -> str:
+    """Path of the last nn.Linear registered in ``model`` (its classifier in every tinykd model)."""
+    paths = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not paths:
+        raise TinyKDError(f"catkd: the {role} ({type(model).__name__}) has no nn.Linear to read class weights from",
+                          f"name its classifier with {role}_classifier")
+    return paths[-1]
+
+
+def class_activation_maps(f: torch.Tensor, weight: torch.Tensor, flat: bool) -> torch.Tensor:
+    """CAM_k = Σ_c w_{k,c} F_c for a map (B, C, *S) and a classifier weight (K, D) -> (B, K, *S).
+
+    ``flat``: the classifier reads the flattened map (D = C·|S|), so w is read as (K, C, *S) and
+    CAM_k(s) = Σ_c w_{k,c,s} F_c(s); otherwise it reads the pooled map (D = C). Either way the CAM's
+    positions sum (flat) or average (pooled) to the logit minus its bias."""
+    if flat:
+        return (weight.view(weight.shape[0], *f.shape[1:]).unsqueeze(0) * f.unsqueeze(1)).sum(2)
+    return torch.einsum("kc,bc...->bk...", weight, f)
+
+
+@register_loss
+class CATKD(FeatureTerm):
+    """mean over samples, classes and positions of (Ŝ_k − T̂_k)², T̂_k the pooled, L2-normalised CAM of class k.
+
+    Guo et al. (CVPR 2023): a class activation map CAM_k = Σ_c w_{k,c} F_c is computed from each network's last
+    feature map F and the weights w of its final linear classifier (the classifier applied at every
+    position); the CAMs are average-pooled to pool_size × pool_size (default 2 × 2), each map is divided by
+    its L2 norm over the pooled positions, and the student's maps are matched to the teacher's by a squared
+    error. The average over positions makes it an MSE; summing over positions instead multiplies it by
+    pool_size² (absorbed by the weight, the paper's β). Classifier bias terms do not enter.
+
+    The classifier: ``student_classifier`` / ``teacher_classifier`` name each network's final nn.Linear by
+    path (default: the last nn.Linear of the model, ``head.fc`` in cnn, ``fc`` in resnet). The term keeps a
+    reference to the student's and teacher's classifiers, not a copy: gradients reach the student's
+    classifier (it is the student's own parameter, trained and exported as such, not a helper) and never
+    the teacher's. It must read the feature map directly: after global average pooling (in_features = C) or
+    flattened (in_features = C·H·W, as cnn with ``hidden: 0``; then w is read per position); a hidden
+    layer between map and classifier (cnn's default ``hidden``) leaves no CAM and is an error. The
+    feature layer is the last map before the classifier: ``student``/``teacher`` paths, or ``pairs: auto``
+    (the deepest stage pair). Both networks need the same classes. No helpers; add a ce term as in the paper.
+    """
+
+    name = "catkd"
+    description = ("class attention transfer: match pooled, normalised class activation maps (last feature map "
+                   "× final linear classifier weights)")
+    paper = "Guo, Yan, Li & Lin, CVPR 2023, Class Attention Transfer Based Knowledge Distillation (CAT-KD)"
+    Params = CATKDParams
+
+    def __init__(self, params: CATKDParams):
+        super().__init__(params)
+        # (student, teacher) classifiers, kept in a tuple so they are not registered as the term's submodules.
+        self.classifiers: tuple[nn.Linear, nn.Linear] | None = None
+        self.flat: tuple[bool, bool] = (False, False)
+
+    def setup(self, ctx: SetupContext) -> None:
+        found = []
+        for model, path, role in ((ctx.student, self.params.student_classifier, "student"),
+                                  (ctx.teacher, self.params.teacher_classifier, "teacher")):
+            path = path or last_linear(model, role)
+            module = resolve_module(model, path, role=role)
+            if not isinstance(module, nn.Linear):
+                raise TinyKDError(f"catkd: the {role}'s '{path}' is a {type(module).__name__}, not an nn.Linear",
+                                  f"name the {role}'s final linear classifier with {role}_classifier")
+            found.append((path, module))
+        self.classifier_paths = tuple(p for p, _ in found)
+        self.classifiers = tuple(m for _, m in found)
+        super().setup(ctx)
+
+    def build(self, examples: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        (f_s, f_t), = examples
+        flat = []
+        for f, kind, (role, path), lin in zip((f_s, f_t), self.kinds[0], zip(("student", "teacher"), self.pairs[0]),
+                                              self.classifiers):
+            c, positions = f.shape[1], f[0, 0].numel()
+            if kind != "map":
+                raise TinyKDError(f"catkd: the {role} feature at '{path}' is {kind} {shape_str(f.shape)}; a class "
+                                  "activation map needs the last conv feature map (B, C, H, W) or (B, C, L)",
+                                  "name the last conv stage (before pooling/flatten)")
+            if lin.in_features not in (c, c * positions):
+                cls_path = self.classifier_paths[role == "teacher"]
+                raise TinyKDError(f"catkd: the {role}'s classifier '{cls_path}' reads {lin.in_features} features, but "
+                                  f"'{path}' {shape_str(f.shape)} gives {c} channels ({c * positions} flattened): "
+                                  "a class activation map needs a classifier that reads this map directly "
+                                  "(after global pooling or flatten)",
+                                  "name the last feature map and the final Linear; a model with a hidden layer "
+                                  "before its classifier (e.g. cnn with hidden > 0) has no CAM: use hidden: 0")
+            flat.append(lin.in_features == c * positions and positions > 1)
+        if self.classifiers[0].out_features != self.classifiers[1].out_features:
+            raise TinyKDError(f"catkd: the student's classifier has {self.classifiers[0].out_features} classes, the "
+                              f"teacher's {self.classifiers[1].out_features}", "give both the same num_classes")
+        if f_s.dim() != f_t.dim():
+            raise self.mismatch(0, f_s.shape, f_t.shape, "have different spatial ranks", "pair maps of the same kind")
+        self.flat = tuple(flat)
+
+    def cams(self, f: torch.Tensor, side: int) -> torch.Tensor:
+        """Pooled, per-map L2-normalised CAMs (B, K, P) of one side (0 student, 1 teacher)."""
+        weight = self.classifiers[side].weight.to(f.device, f.dtype)  # .to keeps the graph to the parameter
+        cam = class_activation_maps(f, weight if side == 0 else weight.detach(), self.flat[side])
+        pool = F.adaptive_avg_pool1d if cam.dim() == 3 else F.adaptive_avg_pool2d
+        return F.normalize(pool(cam, self.params.pool_size).flatten(2), dim=2)
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
+        if self.classifiers is None:
+            raise RuntimeError(f"{self.name}: setup() must run before the term is called")
+        (f_s, f_t, _, _), = self.features(student, teacher)
+        return (self.cams(f_s, 0) - self.cams(f_t, 1)).pow(2).mean()
 
 
 # ----- Hidden-state matching ----------------------------------------------------------------------
