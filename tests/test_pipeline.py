@@ -286,3 +286,17 @@ def test_a_recipe_names_its_classes_and_the_run_says_where_each_split_came_from(
     assert "train 29, val 3, test 8" in out
     assert "test: predefined: t10k-images-idx3-ubyte.gz + t10k-labels-idx1-ubyte.gz (limit: 8 of its 10 samples" in out
     assert "not applied: test_fraction 0.2: the test split is the data's own" in out
+
+
+def test_layers_a_term_cannot_compare_fail_before_anything_trains(tmp_path, monkeypatch):
+    """A term whose helpers cannot be built for these layers (here CAT-KD on a classifier behind a hidden layer) is a
+    recipe error raised before the run folder exists or the teacher trains."""
+    from tinykd.errors import RecipeError
+
+    trained = []
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: trained.append(self.label))
+    recipe = load_recipe(TINY, [f"output_dir={tmp_path}", "distill.losses=[{name: ce}, {name: catkd}]", *ON_CPU])
+    with pytest.raises(RecipeError) as err:
+        run(recipe, progress=False)
+    assert "distill.losses[1]" in str(err.value)
+    assert trained == [] and not any(tmp_path.iterdir())

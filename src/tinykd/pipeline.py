@@ -261,7 +261,9 @@ def preflight(recipe: Recipe, bundle: DataBundle, *, teacher: nn.Module | None =
         for field_name, configs in (("assistants", d.assistants), ("peers", d.peers)):
             for i, cfg in enumerate(configs):
                 _create(cfg.model, cfg.kwargs, spec, f"distill.{field_name}[{i}]", recipe.seed)
-        _check_layer_paths(recipe, _terms(recipe), s_model, t_model)
+        terms = _terms(recipe)
+        _check_layer_paths(recipe, terms, s_model, t_model)
+        _check_term_setup(recipe, terms, s_model, t_model, bundle)
         if d.transfer is not None:
             _check_transfer(recipe)
         if recipe.deploy.target_board is not None:
@@ -285,6 +287,42 @@ def _check_layer_paths(recipe: Recipe, terms: list, student: nn.Module, teacher:
                     resolve_module(model, path, role=role)
                 except TinyKDError as err:
                     raise RecipeError(err.what, err.fix, where=f"distill.losses[{i}]") from None
+
+
+def _check_term_setup(recipe: Recipe, terms: list, student: nn.Module, teacher: nn.Module, bundle: DataBundle) -> None:
+    """Every loss term of an offline run builds its helpers from example outputs of the (untrained) models, as the
+    trainer will: layer shapes that cannot be compared fail here, before anything trains."""
+    from .distill.capture import forward_with_features
+    from .distill.losses.base import SetupContext
+    from .distill.sources import as_teacher_source
+    from .types import Batch
+
+    if recipe.distill.scheme != "offline" or len(bundle.train) == 0:
+        return
+    idx = torch.arange(min(len(bundle.train), 8))
+    batch = Batch(bundle.train.x[idx], bundle.train.y[idx], idx)
+    source = as_teacher_source(teacher)
+    from .distill.losses import feature, relation
+
+    modes = student.training, teacher.training
+    student.eval(), teacher.eval()
+    quiet = [(m.console, m.console.quiet) for m in (feature, relation)]  # the training run announces auto pairs
+    for c, _ in quiet:
+        c.quiet = True
+    try:
+        for i, (_, term) in enumerate(terms):
+            try:
+                with torch.no_grad():
+                    s_out = forward_with_features(student, batch.x, term.student_paths, role="student")
+                    t_out = source.outputs(batch, term.teacher_paths) if term.needs_teacher else None
+                    term.setup(SetupContext(student, teacher, s_out, t_out, batch, len(bundle.train),
+                                            bundle.spec.num_classes))
+            except TinyKDError as err:
+                raise RecipeError(err.what, err.fix, where=err.where or f"distill.losses[{i}]") from None
+    finally:
+        student.train(modes[0]), teacher.train(modes[1])
+        for c, was in quiet:
+            c.quiet = was
 
 
 def _check_transfer(recipe: Recipe) -> None:
