@@ -137,9 +137,9 @@ def quantize_with_parity(fp32_path: str | Path, int8_path: str | Path, calib: np
         return row
 
     kept = list(keep_fp32) if isinstance(keep_fp32, (list, tuple)) else []
+    nodes = quantizable_nodes(fp32_path)
     best = attempt(kept, activation_type)
     if best["agreement"] < target and keep_fp32 == "auto":
-        nodes = quantizable_nodes(fp32_path)
         candidates = [attempt([], WIDE[activation_type])] if activation_type in WIDE else []
         if candidates[-1:] and candidates[-1]["agreement"] >= target:
             best = candidates[-1]
@@ -157,11 +157,10 @@ def quantize_with_parity(fp32_path: str | Path, int8_path: str | Path, calib: np
         if attempts[-1] is not best:  # leave the chosen model on disk
             quantize_onnx_static(fp32_path, int8_path, calib, nodes_to_exclude=best["kept_fp32"],
                                  activation_type=best["activation_type"], **options)
-    n_nodes = len(quantizable_nodes(fp32_path))
     return Path(int8_path), {"agreement": float(best["agreement"]), "met": bool(best["agreement"] >= target),
                              "target": target, "checked_on": int(len(check)),
                              "activation_type": best["activation_type"], "kept_fp32": best["kept_fp32"],
-                             "quantized_nodes": n_nodes - len(best["kept_fp32"]), "attempts": attempts,
+                             "quantized_nodes": len(nodes) - len(best["kept_fp32"]), "attempts": attempts,
                              "calibration_samples": int(len(calib))}
 
 
