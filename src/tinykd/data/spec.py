@@ -8,31 +8,49 @@ import torch
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Shape of one input (without batch), number of classes, modality and class names."""
+    """Shape of one input (without batch), number of classes, modality and class names. Text inputs are token ids
+    shaped ``(max_length,)`` from a vocabulary of ``vocab_size`` tokens (0 for dense inputs)."""
 
     shape: tuple[int, ...]
     num_classes: int
-    modality: str  # "image" | "signal" | "audio" | "tabular"
+    modality: str  # "image" | "signal" | "audio" | "tabular" | "text"
     class_names: tuple[str, ...] = ()
+    vocab_size: int = 0
 
     def __post_init__(self):
         if not self.class_names:
             object.__setattr__(self, "class_names", tuple(str(i) for i in range(self.num_classes)))
 
     def to_dict(self) -> dict:
-        return {"shape": list(self.shape), "num_classes": self.num_classes,
-                "modality": self.modality, "class_names": list(self.class_names)}
+        out = {"shape": list(self.shape), "num_classes": self.num_classes,
+               "modality": self.modality, "class_names": list(self.class_names)}
+        if self.vocab_size:
+            out["vocab_size"] = self.vocab_size
+        return out
 
 
 @dataclass
 class Split:
-    """Inputs ``x`` (float32, N x *shape) and integer labels ``y`` (N,) of one split."""
+    """Inputs ``x`` and integer labels ``y`` (N,) of one split. Dense inputs are float32 (N x *shape); text is int64
+    token ids (N x max_length) with ``mask`` (N x max_length, 1 where a position holds a token, 0 for padding)."""
 
     x: torch.Tensor
     y: torch.Tensor
+    mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def take(self, idx: torch.Tensor) -> Split:
+        """The samples at ``idx`` (an index tensor or a boolean mask), inputs, labels and mask together."""
+        return Split(self.x[idx], self.y[idx], None if self.mask is None else self.mask[idx])
+
+    def cat(self, other: Split) -> Split:
+        """This split followed by ``other`` (same kind of inputs)."""
+        if (self.mask is None) != (other.mask is None):
+            raise ValueError("cannot join a split of token ids with one of dense inputs")
+        mask = None if self.mask is None else torch.cat([self.mask, other.mask])
+        return Split(torch.cat([self.x, other.x]), torch.cat([self.y, other.y]), mask)
 
 
 @dataclass
