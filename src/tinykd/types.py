@@ -39,6 +39,11 @@ class Batch:
     def __len__(self) -> int:
         return len(self.y)
 
+    def take(self, idx: torch.Tensor) -> Batch:
+        """The samples at ``idx`` of every tensor (a cache computes its misses on such a sub-batch)."""
+        return Batch({k: v[idx] for k, v in self.inputs.items()}, self.y[idx], self.index[idx],
+                     None if self.mask is None else self.mask[idx])
+
     def with_inputs(self, x: torch.Tensor) -> Batch:
         """The batch with its first input replaced (a shifted or mixed view of dense inputs)."""
         key = next(iter(self.inputs))

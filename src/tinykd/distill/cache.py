@@ -34,9 +34,9 @@ from .sources import TeacherRun, TeacherSource, as_teacher_source
 
 
 def data_fingerprint(split: Split) -> str:
-    """sha256 of the training inputs and labels (dtype, shape and bytes of both tensors)."""
+    """sha256 of the training inputs, labels and padding mask (dtype, shape and bytes of each tensor)."""
     h = hashlib.sha256()
-    for t in (split.x, split.y):
+    for t in (split.x, split.y) + (() if split.mask is None else (split.mask,)):
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -188,7 +188,7 @@ class TeacherCache(TeacherSource):
         values: dict[str, torch.Tensor] = {}
         if len(miss):
             sub = torch.from_numpy(miss)
-            out = live(Batch(batch.x[sub], batch.y[sub], batch.index[sub]))
+            out = live(batch.take(sub))
             computed = {"logits": out.logits, **{p: out.features[p] for p in fields[1:]}}
             store = indexed[miss]
             if store.any():

@@ -6,7 +6,8 @@ from torch import nn
 
 from ..errors import TinyKDError, closest
 from ..inference import module_device
-from ..types import Outputs  # defined in tinykd.types; still importable from here
+from ..tasks import model_logits
+from ..types import Batch, Outputs  # defined in tinykd.types; still importable from here
 
 
 def _first_tensor(out):
@@ -56,20 +57,27 @@ class FeatureCapture:
             h.remove()
         self._handles = []
 
-    def __call__(self, x: torch.Tensor) -> Outputs:
-        """Run the model on ``x`` and return its logits with the captured features."""
+    def __call__(self, *args: torch.Tensor, mask: torch.Tensor | None = None) -> Outputs:
+        """Run the model on its positional inputs ``args`` (``batch.args()``) and return its logits with the captured
+        features and the batch's padding ``mask``."""
         self.features = {}
-        logits = _first_tensor(self.model(x))
-        return Outputs(logits, dict(self.features))
+        logits = model_logits(self.model(*args))
+        return Outputs(logits, dict(self.features), mask)
+
+    def batch(self, batch: Batch) -> Outputs:
+        """``self(*batch.args(), mask=batch.mask)``."""
+        return self(*batch.args(), mask=batch.mask)
 
 
-def forward_with_features(model: nn.Module, x: torch.Tensor, paths: list[str] | tuple[str, ...] = (), *,
+def forward_with_features(model: nn.Module, x: torch.Tensor | Batch, paths: list[str] | tuple[str, ...] = (), *,
                           role: str = "model") -> Outputs:
-    """One forward pass recording the outputs of ``paths`` (in the model's current train/eval mode)."""
+    """One forward pass on ``x`` (a tensor, or a Batch of named inputs) recording the outputs of ``paths`` (in the
+    model's current train/eval mode)."""
+    args, mask = (x.args(), x.mask) if isinstance(x, Batch) else ((x,), None)
     if not paths:
-        return Outputs(_first_tensor(model(x)))
+        return Outputs(model_logits(model(*args)), {}, mask)
     with FeatureCapture(model, paths, role=role) as cap:
-        return cap(x)
+        return cap(*args, mask=mask)
 
 
 def list_layers(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[str, str, tuple[int, ...] | None]]:

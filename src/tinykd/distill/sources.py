@@ -48,7 +48,7 @@ class TeacherSource:
     def open(self, paths: Sequence[str]) -> Iterator[TeacherRun]:
         """While open, the yielded function returns the teacher's logits and its features at ``paths`` for a batch."""
         with FeatureCapture(self.module, list(paths), role="teacher") as cap:
-            yield lambda batch: cap(batch.x)
+            yield lambda batch: cap(*batch.args(), mask=batch.mask)
 
     def fingerprint(self) -> str:
         """A hash that changes whenever the outputs could change (the teacher cache's key)."""

@@ -16,26 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from ..data.augment import shift_batch
 from ..data.spec import Split
 from ..errors import CheckpointError, TrainingError
-from ..inference import module_device, predict_logits
+from ..inference import module_device
 from ..io import load_tensors, load_weights, read_json, save_tensors, write_json
 from ..measure.latency import torch_threads
 from ..threads import resolve_threads
 from ..recipe import MixupConfig, TrainConfig
+from ..tasks import Classification, Task
 from ..types import Batch, Outputs
+from .callbacks import DEAD_PROBE, Callback, apply_max_norm, default_callbacks  # noqa: F401 (re-exported)
 from .capture import FeatureCapture, forward_with_features
-from .health import dead_units, dead_warning
 from .losses.base import LossTerm, SetupContext
+from .module import DistillModule
 from .sources import BatchSource, TeacherSource, as_teacher_source
-
-DEAD_PROBE = 512  # training inputs (evenly spaced over the split) the dead-unit check runs on after every epoch
 
 
 @dataclass
@@ -68,15 +66,6 @@ def resolve_device(name: str) -> torch.device:
 def describe_device(device: torch.device) -> str:
     """'cpu', or a GPU with its name: 'cuda:0 (NVIDIA H200)'."""
     return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
-
-
-@torch.no_grad()
-def apply_max_norm(model: nn.Module, radius: float) -> None:
-    """Project each unit's incoming weight vector of ``model`` into the L2 ball of ``radius``: the rows of every
-    linear weight and the filters of every (non-transposed) convolution, w ← w · min(1, radius / ‖w‖₂)."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear) or (isinstance(m, nn.modules.conv._ConvNd) and not m.transposed):
-            m.weight.copy_(torch.renorm(m.weight, p=2, dim=0, maxnorm=radius))
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -136,14 +125,22 @@ class Trainer:
 
     ``teacher`` is a module run live on each batch, or any TeacherSource (a cache of its outputs, an ensemble).
     ``batches``, a BatchSource, replaces the train split as the maker of training batches (data-free).
+    ``task`` (default: Classification) cuts batches from splits, adapts model outputs and scores validation;
+    ``callbacks`` (default: ``default_callbacks(cfg)``) add shift, max-norm, the non-finite guard, the dead-unit probe.
+    The student and the terms' helpers (regressors, embeddings, discriminators, online peers) are one
+    ``DistillModule``, ``self.module``: every trainable parameter the optimizer sees.
     """
 
     def __init__(self, model: nn.Module, terms: list[tuple[float, LossTerm]], cfg: TrainConfig, *,
                  out_dir: Path, label: str, seed: int = 0, teacher: nn.Module | TeacherSource | None = None,
                  console: Console | None = None, progress: bool = True,
                  transfer: torch.Tensor | None = None, mixup: MixupConfig | None = None,
-                 batches: BatchSource | None = None):
+                 batches: BatchSource | None = None, task: Task | None = None,
+                 callbacks: list[Callback] | None = None):
         self.model, self.terms, self.cfg = model, terms, cfg
+        self.task = task or Classification()
+        self.callbacks = default_callbacks(cfg) if callbacks is None else list(callbacks)
+        self.val_size = 0
         self.transfer, self.mixup, self.batches = transfer, mixup, batches
         self.out_dir, self.label, self.seed = Path(out_dir), label, seed
         self.teacher = teacher
@@ -162,14 +159,14 @@ class Trainer:
                                 "so transfer data and mixup do not apply", "drop the transfer set and mixup")
         if batches is not None:
             batches.bind(model)
-        self.helpers = nn.ModuleList([t for _, t in terms])
+        self.module = DistillModule(model, [t for _, t in terms])
+        self.helpers = self.module.helpers
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps_per_epoch = 0
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.history: list[dict] = []
         self.best = (0, -1.0)  # (epoch, val accuracy)
         self.device = torch.device("cpu")
-        self._warned_dead = False
 
     # ----- checkpoints -------------------------------------------------------------------------
     def _tensors(self) -> dict[str, torch.Tensor]:
@@ -275,14 +272,17 @@ class Trainer:
             if self.batches is None:
                 raise TrainingError(f"{self.label}: no training data",
                                     "pass a train split, or a batch source (batches=)")
-            train = Split(val.x[:0], val.y[:0])
-        if cfg.shift and train.x.dim() not in (3, 4):
-            raise TrainingError(f"{self.label}: train.shift moves images (C, H, W) or signals (C, L), but the inputs "
-                                f"are shaped {tuple(train.x.shape[1:])}", "set train.shift to 0 for these inputs")
+            train = val.take(torch.arange(0))
+        for cb in self.callbacks:
+            cb.on_fit_start(self, train)
+        if self.mixup is not None and train.mask is not None:
+            raise TrainingError(f"{self.label}: mixup blends dense inputs, and these are token ids",
+                                "remove distill.mixup for text data")
         if self.transfer is not None:
             # Transfer inputs follow the labelled ones; label -1 marks them as unlabelled, indices stay unique.
-            train = Split(torch.cat([train.x, self.transfer]),
-                          torch.cat([train.y, torch.full((len(self.transfer),), -1, dtype=train.y.dtype)]))
+            extra = self.transfer if isinstance(self.transfer, Split) else Split(
+                self.transfer, torch.full((len(self.transfer),), -1, dtype=train.y.dtype))
+            train = train.cat(Split(extra.x, torch.full((len(extra),), -1, dtype=train.y.dtype), extra.mask))
         if self.teacher_source is not None:
             self.teacher_source.prepare(train, self.console)
         self.device = resolve_device(cfg.device)
@@ -309,7 +309,7 @@ class Trainer:
         cfg = self.cfg
         self._setup_terms(train)
         self.helpers.to(self.device)  # helpers built by the terms' setup
-        self.optimizer = make_optimizer(list(self.model.parameters()) + list(self.helpers.parameters()), cfg)
+        self.optimizer = make_optimizer(list(self.module.parameters()), cfg)
         self.steps_per_epoch = (self.batches.steps_per_epoch if self.batches is not None
                                 else math.ceil(len(train) / cfg.batch_size))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg, self.steps_per_epoch))
@@ -337,10 +337,9 @@ class Trainer:
             for epoch in range(start + 1, cfg.epochs + 1):
                 row = self._epoch(epoch, train, s_run, t_run)
                 row.update(self._validate(val))
-                self._check_finite(epoch, val=len(val) > 0, row=row)  # nothing non-finite is ever saved
-                dead = self._check_dead(epoch, train)
-                if dead:
-                    row["dead_units"] = dead  # kept in the history (last.json, history.csv) and metrics.json
+                for cb in self.callbacks:  # the guard first: nothing non-finite is ever saved
+                    cb.on_epoch_end(self, epoch, train, row)
+                dead = row.get("dead_units")
                 self.history.append(row)
                 if len(val) == 0 or row["val_accuracy"] > self.best[1]:
                     self.best = (epoch, row["val_accuracy"] if len(val) else float("nan"))
@@ -361,21 +360,18 @@ class Trainer:
         if self.batches is not None:
             batch = self.batches.example(8)
         else:
-            idx = torch.arange(min(len(train), 8))
-            batch = Batch(train.x[idx], train.y[idx], idx).to(self.device)
-        num_classes = int(train.y.max().item()) + 1 if len(train) else 0
+            batch = self.task.collate(train, torch.arange(min(len(train), 8))).to(self.device)
         source = self.teacher_source
         if source is not None:
             source.module.eval()
         self.model.eval()  # no BatchNorm statistics are updated by the example pass
         for _, term in self.terms:
             with torch.no_grad():
-                s_out = forward_with_features(self.model, batch.x, term.student_paths, role="student")
+                s_out = forward_with_features(self.model, batch, term.student_paths, role="student")
                 t_out = source.outputs(batch, term.teacher_paths) if source is not None else None
-            if not num_classes:  # data-free: the classes are the logits'
-                num_classes = s_out.logits.shape[1]
+            # the classes are the model's logits (a split or a batch source may not show every label)
             term.setup(SetupContext(self.model, source.module if source else None, s_out, t_out, batch,
-                                    len(train), num_classes))
+                                    len(train), s_out.logits.shape[1]))
 
     def _epoch(self, epoch: int, train: Split, s_run: FeatureCapture, t_run: Callable[[Batch], Outputs] | None) -> dict:
         cfg = self.cfg
@@ -391,6 +387,7 @@ class Trainer:
             term.start_epoch(epoch, cfg.epochs)
         sums: dict[str, float] = {}
         seen = 0
+        fresh_views = any(cb.changes_inputs for cb in self.callbacks)
         t0 = time.perf_counter()
         with self._bar(f"{self.label} epoch {epoch}/{cfg.epochs}", self.steps_per_epoch) as (bar, task):
             for step in range(self.steps_per_epoch):
@@ -398,27 +395,30 @@ class Trainer:
                     batch = self.batches.next_batch(epoch, step)
                 else:
                     idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                    batch = Batch(shift_batch(train.x[idx], cfg.shift), train.y[idx], idx)
+                    batch = self.task.collate(train, idx)
+                    for cb in self.callbacks:
+                        batch = cb.on_batch(self, batch)
                 if self.mixup is not None:
                     batch = self._mix(batch, g)
                 batch = batch.to(self.device)  # batches are cut, shifted and mixed on the CPU, as without a GPU
-                student = s_run(batch.x)
+                student = s_run.batch(batch)
                 teacher = None
                 if t_run is not None:
                     with torch.no_grad():
                         # Shifted inputs change every epoch: the teacher sees the same view, never a cached one.
-                        teacher = t_run(batch if not cfg.shift else
-                                        Batch(batch.x, batch.y, torch.full_like(batch.index, -1))).to(self.device)
+                        teacher = t_run(batch if not fresh_views else
+                                        Batch(batch.inputs, batch.y, torch.full_like(batch.index, -1),
+                                              batch.mask)).to(self.device)
                 loss, parts = self._loss(student, teacher, batch, epoch, step)
                 if self.batches is not None:
                     parts.update({f"source/{k}": float(v) for k, v in self.batches.parts.items()})
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(list(self.model.parameters()) + list(self.helpers.parameters()), cfg.grad_clip)
+                    nn.utils.clip_grad_norm_(list(self.module.parameters()), cfg.grad_clip)
                 self.optimizer.step()
-                if cfg.max_norm:
-                    apply_max_norm(self.model, cfg.max_norm)
+                for cb in self.callbacks:
+                    cb.on_step_end(self)
                 self.scheduler.step()
                 n = len(batch.x) if self.batches is not None else len(idx)
                 seen += n
@@ -454,30 +454,19 @@ class Trainer:
                 continue
             value = term(student, teacher, batch)
             if not torch.isfinite(value):
-                raise self._diverged(f"loss term '{term.name}' became {value.item()} at epoch {epoch}, step {step + 1}",
+                raise self.diverged(f"loss term '{term.name}' became {value.item()} at epoch {epoch}, step {step + 1}",
                                      epoch, teacher, batch)
             total = total + weight * value
             parts[f"loss/{term.name}"] = float(value.detach())
             for k, v in term.parts.items():
                 parts[f"loss/{term.name}.{k}"] = float(v)
         if not torch.isfinite(total):
-            raise self._diverged(f"the weighted loss became {total.item()} at epoch {epoch}, step {step + 1} "
+            raise self.diverged(f"the weighted loss became {total.item()} at epoch {epoch}, step {step + 1} "
                                  "(a term's weight is too large)", epoch, teacher, batch)
         parts["train_loss"] = float(total.detach())
         return total, parts
 
-    def _check_finite(self, epoch: int, *, val: bool, row: dict) -> None:
-        """A TrainingError when the weights or the validation loss are NaN/inf after ``epoch``: a finite loss can
-        still take a step that leaves NaN weights (a huge learning rate), and those must never be saved."""
-        named = [*self.model.named_parameters(), *self.model.named_buffers(),
-                 *(("helpers." + n, t) for n, t in self.helpers.named_parameters())]
-        bad = next((n for n, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
-        if bad is not None:
-            raise self._diverged(f"its weights hold NaN/inf after epoch {epoch} (e.g. '{bad}')", epoch)
-        if val and not math.isfinite(row["val_loss"]):
-            raise self._diverged(f"its validation loss is {row['val_loss']} after epoch {epoch}", epoch)
-
-    def _diverged(self, what: str, epoch: int, teacher: Outputs | None = None, batch: Batch | None = None):
+    def diverged(self, what: str, epoch: int, teacher: Outputs | None = None, batch: Batch | None = None):
         """The NaN guard's error: what diverged, the checkpoint that is left, and the likeliest cause."""
         last = self.out_dir / "last.safetensors"
         if epoch > 1 and last.is_file():
@@ -495,22 +484,9 @@ class Trainer:
         return TrainingError(f"{self.label}: {what}; {kept}", fix)
 
     def _validate(self, val: Split) -> dict:
-        if len(val) == 0:
-            return {"val_accuracy": float("nan"), "val_loss": float("nan")}
-        logits = predict_logits(self.model, val.x)
-        return {"val_accuracy": (logits.argmax(1) == val.y).float().mean().item(),
-                "val_loss": F.cross_entropy(logits, val.y).item()}
-
-    def _check_dead(self, epoch: int, train: Split) -> str | None:
-        """The warning, once per fit, when a layer of the model has lost many ReLU units (see distill.health)."""
-        if self._warned_dead or self.batches is not None or len(train) == 0:
-            return None
-        n = len(train)
-        probe = train.x if n <= DEAD_PROBE else train.x[torch.linspace(0, n - 1, DEAD_PROBE).long()]  # spread out:
-        # a split sorted by class would otherwise show only some classes, and units of the others would look dead
-        message = dead_warning(dead_units(self.model, probe), len(probe), epoch)
-        self._warned_dead = bool(message)
-        return message
+        self.val_size = len(val)
+        scores = self.task.evaluate(self.model, val)
+        return {"val_accuracy": scores["accuracy"], "val_loss": scores["loss"]}
 
     def _bar(self, description: str, total: int):
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

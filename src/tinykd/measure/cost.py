@@ -11,13 +11,14 @@ from ..models import count_params
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, in_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one batch-1 forward pass in eval mode (FLOPs counted by PyTorch / 2)."""
+def count_macs(model: nn.Module, in_shape: tuple[int, ...], *, inputs: tuple[torch.Tensor, ...] | None = None) -> int:
+    """Multiply-accumulates of one batch-1 forward pass in eval mode (FLOPs counted by PyTorch / 2), on zeros of
+    ``in_shape`` or on the given batch-1 ``inputs`` (token ids and a mask of a stated length)."""
     was_training = model.training
     model.eval()
     try:
         with FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *in_shape))
+            model(*(inputs if inputs is not None else (torch.zeros(1, *in_shape),)))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops() // 2)

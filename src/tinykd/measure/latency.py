@@ -19,6 +19,7 @@ from torch import nn
 P90_OVER_MEDIAN_MAX = 1.5  # p90 above 1.5 × the median: the calls were interrupted by other work
 ROUND_SPREAD_MAX = 1.25  # slowest round's median above 1.25 × the fastest's: the load changed during the rounds
 
+InputMaker = Callable[[int], tuple[torch.Tensor, ...]]
 Timer = Callable[[], object]
 
 
@@ -90,22 +91,31 @@ def interleaved_latency(timers: dict[str, dict[str, Timer]], *, warmup: int, rep
     return out
 
 
-def torch_timers(model: nn.Module, in_shape: tuple[int, ...], batch_sizes: list[int]) -> dict[str, Timer]:
-    """One call of a PyTorch module (eval mode) per batch size; run under ``inference_mode`` by the harness."""
+def torch_timers(model: nn.Module, in_shape: tuple[int, ...], batch_sizes: list[int], *,
+                 make_inputs: InputMaker | None = None) -> dict[str, Timer]:
+    """One call of a PyTorch module (eval mode) per batch size; run under ``inference_mode`` by the harness.
+    ``make_inputs(b)`` gives the positional inputs of a batch of ``b`` (default: one random float tensor of
+    ``in_shape``; token models get ids and a mask of a stated length, ``Task.example_inputs``)."""
     model.eval()
+    make = make_inputs or (lambda b: (torch.randn(b, *in_shape),))
     out = {}
     for b in batch_sizes:
-        x = torch.randn(b, *in_shape)
-        out[f"b{b}"] = (lambda x=x: model(x))
+        args = make(b)
+        out[f"b{b}"] = (lambda args=args: model(*args))
     return out
 
 
-def ort_timers(session, in_shape: tuple[int, ...], batch_sizes: list[int]) -> dict[str, Timer]:
-    """One ``session.run`` per batch size (the session's thread count is set when it is created)."""
-    name = session.get_inputs()[0].name
+def ort_timers(session, in_shape: tuple[int, ...], batch_sizes: list[int], *,
+               make_inputs: InputMaker | None = None) -> dict[str, Timer]:
+    """One ``session.run`` per batch size (the session's thread count is set when it is created); inputs as in
+    ``torch_timers``, fed to the session's inputs in order."""
+    names = [i.name for i in session.get_inputs()]
     out = {}
     for b in batch_sizes:
-        feed = {name: np.random.default_rng(0).standard_normal((b, *in_shape), dtype=np.float32)}
+        if make_inputs is None:
+            feed = {names[0]: np.random.default_rng(0).standard_normal((b, *in_shape), dtype=np.float32)}
+        else:
+            feed = {n: a.numpy() for n, a in zip(names, make_inputs(b))}
         out[f"b{b}"] = (lambda feed=feed: session.run(None, feed))
     return out
 

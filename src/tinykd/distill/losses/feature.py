@@ -101,7 +101,7 @@ def example_features(ctx: SetupContext, student_paths: tuple[str, ...],
         model.eval()  # the shape pass must not update BatchNorm statistics
         try:
             with torch.no_grad():
-                out.append(forward_with_features(model, ctx.batch.x, paths, role=role).features)
+                out.append(forward_with_features(model, ctx.batch, paths, role=role).features)
         finally:
             model.train(was_training)
     return out[0], out[1]

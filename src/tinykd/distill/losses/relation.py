@@ -120,7 +120,7 @@ class RelationTerm(LossTerm):
             model.eval()
             try:
                 with torch.no_grad():
-                    outs.append(forward_with_features(model, ctx.batch.x, paths, role=role))
+                    outs.append(forward_with_features(model, ctx.batch, paths, role=role))
             finally:
                 model.train(was_training)
         return self.embeddings(*outs)
