@@ -91,8 +91,8 @@ class FiniteGuard(Callback):
 
 
 class DeadUnitProbe(Callback):
-    """The warning, once per fit, when a layer of the model has lost many ReLU units (see distill.health); dense
-    inputs only (a batch source makes its own inputs, token ids have none to probe with)."""
+    """The warning, once per fit, when a layer of the model has lost many ReLU units (see distill.health); for models
+    of one dense input (a batch source makes its own inputs; token ids and several inputs are not probed)."""
 
     def __init__(self):
         self.warned = False
@@ -101,8 +101,12 @@ class DeadUnitProbe(Callback):
         if self.warned or trainer.batches is not None or len(train) == 0 or train.mask is not None:
             return
         n = len(train)
-        probe = train.x if n <= DEAD_PROBE else train.x[torch.linspace(0, n - 1, DEAD_PROBE).long()]  # spread out:
+        idx = torch.arange(n) if n <= DEAD_PROBE else torch.linspace(0, n - 1, DEAD_PROBE).long()  # spread out:
         # a split sorted by class would otherwise show only some classes, and units of the others would look dead
+        batch = trainer.task.collate(train, idx)
+        if list(batch.inputs) != ["x"]:  # a model of several inputs: the probe feeds one tensor
+            return
+        probe = batch.x
         message = dead_warning(dead_units(trainer.model, probe), len(probe), epoch)
         self.warned = bool(message)
         if message:
