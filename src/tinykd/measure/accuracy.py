@@ -39,3 +39,16 @@ def agreement(pred_a, pred_b) -> float:
     """Fraction of samples on which two models predict the same class (top-1)."""
     pred_a, pred_b = np.asarray(pred_a), np.asarray(pred_b)
     return float((pred_a == pred_b).mean())
+
+
+def disagreement_examples(texts: list[str], y, teacher_pred, student_pred, class_names, *, k: int = 8,
+                          max_chars: int = 200) -> dict:
+    """Up to ``k`` test samples where the teacher and the student predict different classes (in test order, the
+    student's mistakes first), with the true label and both predictions by class name; and how many there are."""
+    y, tp, sp = (np.asarray(a) for a in (y, teacher_pred, student_pred))
+    differ = np.flatnonzero(tp != sp)
+    ranked = sorted(differ, key=lambda i: (sp[i] == y[i], i))[:k]
+    name = (lambda c: str(class_names[c])) if len(class_names) else str
+    rows = [{"index": int(i), "text": texts[i] if len(texts[i]) <= max_chars else texts[i][:max_chars - 1] + "…",
+             "label": name(int(y[i])), "teacher": name(int(tp[i])), "student": name(int(sp[i]))} for i in ranked]
+    return {"disagreements": int(len(differ)), "of": int(len(y)), "rows": rows}

@@ -10,6 +10,7 @@ from pathlib import Path
 from .figures import make_figures
 from ..io import atomic_write
 from .deploy import deployment_section
+from .examples import examples_section
 from .markup import esc
 from .narrative import findings
 from .scheme import scheme_section
@@ -173,6 +174,7 @@ def render_page(metrics: dict, figures: dict[str, Path], recipe_yaml: str, run_d
         f"<section><h2>Summary</h2>{summary_table(metrics)}</section>",
         "<section><h2>Figures</h2>"
         + "".join(_figure(i, key, path) for i, (key, path) in enumerate(figures.items(), 1)) + "</section>",
+        examples_section(metrics),
         scheme_section(metrics, run_dir),
         deployment,
         f"<section><h2>Run facts</h2>{run_facts(metrics)}</section>",
