@@ -15,8 +15,10 @@ import torch
 
 from tinykd.data.classes import apply_class_names, read_class_names
 from tinykd.data.registry import DatasetEntry, RawData, check_options, get_dataset
-from tinykd.data.spec import DataBundle, Split
+from tinykd.data.spec import DataBundle, InputSpec, Split
 from tinykd.data.splits import Arrays, allocate, limit_split, standardize, stratified_pick, stratified_split
+from tinykd.data.text import tokenize_splits, tokenizer_settings
+from tinykd.data.tokenize import TextTokenizer
 from tinykd.errors import DataError
 
 
@@ -60,7 +62,10 @@ def _run_reader(entry: DatasetEntry, path: str | None, base_dir: str | None,
 
 
 def _arrays(x: np.ndarray, y: np.ndarray, raw: RawData, split: str) -> Arrays:
-    """Writable float32 inputs and int64 labels of one split, checked against the spec."""
+    """Writable float32 inputs and int64 labels of one split, checked against the spec (texts: an object array of
+    str, tokenized after splitting)."""
+    if raw.spec.modality == "text":
+        return _text_arrays(x, y, raw, split)
     x = np.asarray(x, dtype=np.float32)
     if not (x.flags.writeable and x.flags.c_contiguous):  # standardize() works in place
         x = np.array(x, order="C")
@@ -70,14 +75,31 @@ def _arrays(x: np.ndarray, y: np.ndarray, raw: RawData, split: str) -> Arrays:
         raise DataError(f"{split} split has inputs {x.shape} and labels {y.shape}; expected (N, "
                         f"{', '.join(map(str, spec.shape))}) inputs and N labels",
                         "make every sample the same shape and give exactly one label per sample")
-    if len(y) and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= spec.num_classes):
-        raise DataError(f"{split} labels must be integers in 0..{spec.num_classes - 1}, "
-                        f"got {y.dtype} values {y.min()}..{y.max()}",
-                        "store class indices as integer labels starting at 0")
+    _check_labels(y, spec, split)
     if not np.isfinite(x).all():
         raise DataError(f"{split} inputs hold {np.count_nonzero(~np.isfinite(x))} NaN/inf values",
                         "remove or fill in the missing values in the data files")
     return x, y.astype(np.int64, copy=False)
+
+
+def _check_labels(y: np.ndarray, spec: InputSpec, split: str) -> None:
+    """Labels must be integer class indices 0..K-1."""
+    if len(y) and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= spec.num_classes):
+        raise DataError(f"{split} labels must be integers in 0..{spec.num_classes - 1}, "
+                        f"got {y.dtype} values {y.min()}..{y.max()}",
+                        "store class indices as integer labels starting at 0")
+
+
+def _text_arrays(x: np.ndarray, y: np.ndarray, raw: RawData, split: str) -> Arrays:
+    """The texts (an object array of str, N) and int64 labels of one split of a text reader."""
+    texts = np.empty(len(x), dtype=object)
+    texts[:] = list(x)
+    y = np.asarray(y)
+    if np.ndim(x) != 1 or len(texts) != len(y) or not all(isinstance(t, str) for t in texts):
+        raise DataError(f"{split} split of a text reader has {len(texts)} inputs and {len(y)} labels; expected N "
+                        "texts (str) and N labels", "return one string and one label per sample")
+    _check_labels(y, raw.spec, split)
+    return texts, y.astype(np.int64, copy=False)
 
 
 def _check_classes(raw: RawData, where: str) -> None:
@@ -168,7 +190,7 @@ def _make_splits(raw: RawData, rng: np.random.Generator, val_fraction: float, te
 def _options_info(entry: DatasetEntry, options: dict[str, Any]) -> dict[str, Any]:
     """The reader options in effect (defaults filled in), with paths as strings for JSON reports."""
     merged = {**entry.defaults(), **options}
-    return {k: str(v) if isinstance(v, Path) else v for k, v in merged.items()}
+    return {k: str(v) if isinstance(v, (Path, TextTokenizer)) else v for k, v in merged.items()}
 
 
 def _resolve_path_options(options: dict[str, Any], base_dir: str | None) -> dict[str, Any]:
@@ -192,6 +214,11 @@ def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fract
     ``class_names``: a list, or a file of one name per line (see ``classes.apply_class_names``). ``options`` are the
     dataset's own options. ``info["splits"]`` says where each split came from, ``info["not_applied"]`` which
     settings had no effect.
+
+    Text readers (spec modality "text") return texts: after splitting (and ``limit``/``labelled``) a tokenizer is
+    learnt from the training texts, or taken from the ``tokenizer``/``tokenizer_path`` option, and every split becomes
+    int64 token ids with a padding mask (``text.TOKENIZER_OPTIONS``; ``normalize`` does not apply). The bundle then
+    also holds the tokenizer, the raw texts of every split and ``unlabelled_mask``.
     """
     entry = get_dataset(name)
     check_options(entry, options)
@@ -210,6 +237,8 @@ def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fract
     elif labelled is not None:
         unused.append(f"labelled {labelled}: the training split has {len(splits['train'][1]):,} samples, "
                       "all keep their labels")
+    if raw.spec.modality == "text":
+        return _text_bundle(entry, raw, resolved, splits, made, unused, normalize, limit, seed, options)
     norm = standardize(splits) if normalize else None
     info = {"dataset": name, "path": str(resolved) if resolved else None, **raw.info,
             "options": _options_info(entry, options), "seed": seed, "splits": made, "not_applied": unused,
@@ -219,6 +248,27 @@ def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fract
     tensors = {k: Split(torch.from_numpy(x), torch.from_numpy(y)) for k, (x, y) in splits.items()}
     return DataBundle(name=bundle_name, spec=raw.spec, info=info,
                       unlabelled=None if unlabelled is None else torch.from_numpy(unlabelled[0]), **tensors)
+
+
+def _text_bundle(entry: DatasetEntry, raw: RawData, resolved: Path | None, splits: dict[str, Arrays],
+                 made: dict[str, str], unused: list[str], normalize: bool, limit: int | None, seed: int,
+                 options: dict[str, Any]) -> DataBundle:
+    """The bundle of a text reader: a tokenizer learnt from the training texts (or the one the options give) turns
+    every split into token ids with a padding mask; token ids are not standardized."""
+    settings = tokenizer_settings({**entry.defaults(), **options})
+    encoded, tokenizer, text_info, notes = tokenize_splits(splits, settings)
+    if normalize:
+        notes.append("normalize: text inputs are token ids, not standardized")
+    spec = InputSpec((settings["max_length"],), raw.spec.num_classes, "text", raw.spec.class_names,
+                     tokenizer.vocab_size)
+    info = {"dataset": entry.name, "path": str(resolved) if resolved else None, **raw.info,
+            "options": _options_info(entry, options), "seed": seed, "splits": made, "not_applied": unused + notes,
+            "limit": limit, "sizes": {k: len(v[1]) for k, v in splits.items()}, "normalize": None, "text": text_info}
+    unlabelled = encoded.pop("unlabelled", None)
+    return DataBundle(name=f"{entry.name}:{resolved.name}" if resolved else entry.name, spec=spec, info=info,
+                      unlabelled=None if unlabelled is None else unlabelled.x,
+                      unlabelled_mask=None if unlabelled is None else unlabelled.mask, tokenizer=tokenizer,
+                      texts={k: v[0].tolist() for k, v in splits.items()}, **encoded)
 
 
 def _label_budget(x: np.ndarray, y: np.ndarray, labelled: int, rng: np.random.Generator) -> tuple[Arrays, Arrays]:

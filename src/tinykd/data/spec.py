@@ -65,3 +65,6 @@ class DataBundle:
     info: dict = field(default_factory=dict)  # provenance: files read, front-end settings, split sizes
     # Training inputs whose labels are not used (data.labelled): only the teacher labels them, for distillation.
     unlabelled: torch.Tensor | None = None
+    unlabelled_mask: torch.Tensor | None = None  # text: the padding mask of ``unlabelled``'s token ids
+    tokenizer: object | None = None  # text: the TextTokenizer that made the token ids (saved with the run)
+    texts: dict[str, list[str]] = field(default_factory=dict)  # text: each split's raw texts, in split order
