@@ -35,6 +35,7 @@ from .deploy.onnx import export_onnx, ort_predict, ort_session
 from .deploy.preprocess import (attach_metadata, preprocess_spec, raw_inputs, with_preprocessing,
                                 write_preprocess_json)
 from .distill.losses import build_loss
+from .distill.schemes import SchemeContext, get_scheme, schemes
 from .distill.trainer import Trainer, describe_device, resolve_device
 from .errors import CheckpointError, DataError, RecipeError, StorageError, TinyKDError
 from .inference import module_device, predict_logits
@@ -254,13 +255,10 @@ def preflight(recipe: Recipe, bundle: DataBundle, *, teacher: nn.Module | None =
         if recipe.teacher.checkpoint:
             _load_checkpoint(t_model, recipe.teacher.checkpoint, "teacher", recipe)
         s_model = _fresh_student(recipe, spec, student)
-        for i, cfg in enumerate(d.teachers):
-            model = _create(cfg.model, cfg.kwargs, spec, f"distill.teachers[{i}]", recipe.seed)
-            if cfg.checkpoint:
-                _load_checkpoint(model, cfg.checkpoint, f"distill.teachers[{i}]", recipe)
-        for field_name, configs in (("assistants", d.assistants), ("peers", d.peers)):
-            for i, cfg in enumerate(configs):
-                _create(cfg.model, cfg.kwargs, spec, f"distill.{field_name}[{i}]", recipe.seed)
+        for where, cfg, loads in get_scheme(d.scheme).extra_models(d):
+            model = _create(cfg.model, cfg.kwargs, spec, where, recipe.seed)
+            if loads and cfg.checkpoint:
+                _load_checkpoint(model, cfg.checkpoint, where, recipe)
         terms = _terms(recipe)
         _check_layer_paths(recipe, terms, s_model, t_model)
         _check_term_setup(recipe, terms, s_model, t_model, bundle)
@@ -271,20 +269,18 @@ def preflight(recipe: Recipe, bundle: DataBundle, *, teacher: nn.Module | None =
 
 
 def _check_layer_paths(recipe: Recipe, terms: list, student: nn.Module, teacher: nn.Module) -> None:
-    """Every module path a loss term names exists in the model it reads (online peers are checked in training)."""
+    """Every module path a loss term names exists in the model it reads, for the models the scheme lets preflight
+    see (``Scheme.checked_paths``: an ensemble or a chain has its own paths, online peers are checked in training)."""
     from .distill.capture import resolve_module
 
-    scheme = recipe.distill.scheme
-    if scheme == "online":
-        return
+    models = {"student": student, "teacher": teacher}
+    roles = get_scheme(recipe.distill.scheme).checked_paths
     for i, (_, term) in enumerate(terms):
-        checks = [(student, term.student_paths, "student")]
-        if scheme == "offline":  # other schemes' teachers are ensembles or chains with their own paths
-            checks.append((teacher, term.teacher_paths, "teacher"))
-        for model, paths, role in checks:
-            for path in paths:
+        paths = {"student": term.student_paths, "teacher": term.teacher_paths}
+        for role in roles:
+            for path in paths[role]:
                 try:
-                    resolve_module(model, path, role=role)
+                    resolve_module(models[role], path, role=role)
                 except TinyKDError as err:
                     raise RecipeError(err.what, err.fix, where=f"distill.losses[{i}]") from None
 
@@ -297,7 +293,7 @@ def _check_term_setup(recipe: Recipe, terms: list, student: nn.Module, teacher: 
     from .distill.sources import as_teacher_source
     from .types import Batch
 
-    if recipe.distill.scheme != "offline" or len(bundle.train) == 0:
+    if not get_scheme(recipe.distill.scheme).preflight_setup or len(bundle.train) == 0:
         return
     idx = torch.arange(min(len(bundle.train), 8))
     batch = Batch(bundle.train.x[idx], bundle.train.y[idx], idx)
@@ -465,9 +461,17 @@ def _stages(recipe: Recipe, run_dir: Path, bundle: DataBundle, teacher: nn.Modul
 
     distilled = _fresh_student(recipe, spec, student)
     transfer = _distill_inputs(recipe, bundle, terms, console)
-    scheme = _Scheme(recipe, bundle, run_dir, console, progress)
-    source, batches, train = scheme.prepare(distill_teacher, distilled, models, histories, tracked)
-    trained = scheme.trained_module(distilled, models)
+    ctx = SchemeContext(recipe, bundle, run_dir, console, progress,
+                        build=lambda name, kwargs, where, seed: _create(name, kwargs, spec, where, seed),
+                        train_or_load=lambda model, cfg, label, where: _train_or_load(
+                            model, cfg, label, where, recipe, bundle, run_dir, tracked, console, progress),
+                        terms=lambda: _terms(recipe), resolve_dir=lambda path: _resolve_dir(path, recipe.base_dir))
+    scheme = get_scheme(recipe.distill.scheme)(ctx)
+    source, batches, train = scheme.prepare(distill_teacher, distilled)
+    trained = scheme.trained_module(distilled)
+    models.update(scheme.models)
+    histories += scheme.history
+    resolved = recipe.model_copy(update={"distill": scheme.resolved(recipe.distill)})
     with tracked("student"):
         res = Trainer(trained, terms, recipe.student.train, out_dir=run_dir / "student", label="student",
                       seed=recipe.seed, teacher=source, console=console, progress=progress, transfer=transfer,
@@ -481,7 +485,7 @@ def _stages(recipe: Recipe, run_dir: Path, bundle: DataBundle, teacher: nn.Modul
                                   tracked, console, progress)
     artifacts, quantization = _export(recipe, models, bundle, run_dir, console, qat_model,
                                       calib=scheme.calibration(recipe.quantize.calibration_samples))
-    metrics = _measure(recipe, models, artifacts, bundle, run_dir, console, quantization)
+    metrics = _measure(resolved, models, artifacts, bundle, run_dir, console, quantization)
     metrics["run"].update({"helper_params": helper_params, "seconds": round(time.perf_counter() - t_start, 1)})
     metrics["scheme"] = scheme_facts
     metrics["health"] = {"dead_units": {r["model"]: {"epoch": r["epoch"], "warning": r["dead_units"]}
@@ -495,7 +499,7 @@ def _stages(recipe: Recipe, run_dir: Path, bundle: DataBundle, teacher: nn.Modul
     if recipe.report.enabled:
         from .report import write_report
         with console.status("writing report"):
-            write_report(run_dir, metrics, histories, recipe.to_yaml())
+            write_report(run_dir, metrics, histories, resolved.to_yaml())
     return RunResult(run_dir, metrics, histories, models)
 
 
@@ -522,208 +526,16 @@ def _terms(recipe: Recipe) -> list:
     """Fresh loss terms of ``distill.losses`` (each call builds new helpers). In an online run the online terms
     are told how many peers there are, unless the recipe says."""
     d = recipe.distill
+    scheme = get_scheme(d.scheme)
     out = []
     for i, l in enumerate(d.losses):
-        params = l.params()
-        if d.scheme == "online" and l.name in ("dml", "peer_ensemble"):
-            params.setdefault("peers", 1 + max(1, len(d.peers)))
-        term = build_loss(l.name, params, where=f"distill.losses[{i}]")
-        if d.scheme in ("online", "self") and term.needs_teacher:
+        term = build_loss(l.name, scheme.term_params(l.name, l.params(), d), where=f"distill.losses[{i}]")
+        if not scheme.teacher_in_loop and term.needs_teacher:
             raise RecipeError(f"'{l.name}' learns from a teacher, and scheme {d.scheme} has "
                               "none in the loop", "use terms that need no teacher (ce, dml, peer_ensemble, byot, "
                               "pskd), or scheme offline", where=f"distill.losses[{i}]")
         out.append((l.weight, term))
     return out
-
-
-def _kd_temperature(recipe: Recipe) -> float:
-    """The temperature of the first loss term that has one (a multi-teacher ensemble mixes probabilities at it)."""
-    for l in recipe.distill.losses:
-        t = l.params().get("temperature")
-        if isinstance(t, (int, float)):
-            return float(t)
-    return 4.0
-
-
-WIDTH_ARGS = ("widths", "width", "hidden", "channels", "width_mult", "base")
-
-
-class _Scheme:
-    """Who teaches the distilled student (DistillConfig.scheme), and what the report says about it."""
-
-    def __init__(self, recipe: Recipe, bundle: DataBundle, run_dir: Path, console: Console, progress: bool):
-        self.recipe, self.bundle, self.run_dir, self.console, self.progress = recipe, bundle, run_dir, console, progress
-        self.d = recipe.distill
-        self.facts: dict = {"name": self.d.scheme}
-        self.batches = self.synthetic = None
-
-    def trained_module(self, student: nn.Module, models: dict) -> nn.Module:
-        """What the trainer trains: the student, or in an online run the Peers group whose peer 0 it is (the
-        other peers become variants ``peer_2``, ``peer_3``... of the report)."""
-        if self.d.scheme != "online":
-            return student
-        from .distill.schemes import Peers
-
-        r, spec = self.recipe, self.bundle.spec
-        configs = list(self.d.peers) or [r.student]
-        others = []
-        for i, cfg in enumerate(configs, start=2):
-            if self.d.peers:
-                model = _create(cfg.model, cfg.kwargs, spec, f"distill.peers[{i - 2}]", r.seed + 200 + i)
-            else:  # the student's architecture, initialised differently
-                model = copy.deepcopy(student)
-                torch.manual_seed(r.seed + 200 + i)
-                for m in model.modules():
-                    if m is not model and hasattr(m, "reset_parameters"):
-                        m.reset_parameters()
-            others.append(model)
-            models[f"peer_{i}"] = model  # trained in place with the student; measured after training
-        self.facts["peers"] = ["student", *(f"peer_{i}" for i in range(2, len(others) + 2))]
-        return Peers([student, *others])
-
-    def prepare(self, teacher: nn.Module, student: nn.Module, models: dict, histories: list, tracked):
-        """(teacher source, batch source or None, training split or None) for the distilled student."""
-        d, spec = self.d, self.bundle.spec
-        if d.scheme in ("online", "self"):
-            return None, None, self.bundle.train
-        if d.scheme == "data_free":
-            return self._data_free(teacher)
-        source: object = teacher
-        if d.scheme == "multi_teacher":
-            from .distill.schemes import TeacherEnsemble
-
-            members, labels = [teacher], ["teacher"]
-            for i, cfg in enumerate(d.teachers, start=2):
-                label, where = f"teacher_{i}", f"distill.teachers[{i - 2}]"
-                model = _create(cfg.model, cfg.kwargs, spec, where, self.recipe.seed + i)
-                histories += _train_or_load(model, cfg, label, where, self.recipe, self.bundle, self.run_dir, tracked,
-                                            self.console, self.progress)
-                models[label] = model
-                members.append(model)
-                labels.append(label)
-            temperature = _kd_temperature(self.recipe)
-            source = TeacherEnsemble(members, weights=d.teacher_weights, temperature=temperature)
-            self.facts.update({"teachers": labels, "teacher_weights": d.teacher_weights, "temperature": temperature})
-            self.console.print(f"multi-teacher: {len(members)} teachers, weights {d.teacher_weights}")
-        elif d.scheme == "assistant":
-            source = self._chain(teacher, student, models, histories)
-        if d.cache:
-            from .distill.cache import TeacherCache
-
-            folder = (_resolve_dir(d.cache_dir, self.recipe.base_dir) if d.cache_dir else self.run_dir / "teacher_cache")
-            source = TeacherCache(source, folder, preprocessing=self.bundle.info.get("normalize"))
-            self.facts["cache_dir"] = str(folder)
-        return source, None, self.bundle.train
-
-    def _chain(self, teacher: nn.Module, student: nn.Module, models: dict, histories: list) -> nn.Module:
-        from .distill.schemes import assistant_kwargs, distill_chain
-
-        d, spec, r = self.d, self.bundle.spec, self.recipe
-        configs = list(d.assistants)
-        if not configs:
-            if not type(student).__module__.startswith("tinykd"):
-                raise RecipeError("an automatic assistant needs a registry student (the assistant is the student's "
-                                  "family at a larger width)", "list the assistants in distill.assistants",
-                                  where="distill.assistants")
-            arg = d.assistant_width_arg or next((a for a in WIDTH_ARGS if a in r.student.kwargs), None)
-            if arg is None:
-                raise RecipeError(f"cannot size an assistant: student.kwargs {sorted(r.student.kwargs)} name no width "
-                                  f"argument ({', '.join(WIDTH_ARGS)})", "set distill.assistant_width_arg to the "
-                                  "student's width keyword, or list distill.assistants", where="distill.assistants")
-            try:
-                (kwargs,) = assistant_kwargs(r.student.model, dict(r.student.kwargs), width_arg=arg,
-                                             num_classes=spec.num_classes, in_shape=tuple(spec.shape),
-                                             teacher_params=count_params(teacher), student_params=count_params(student))
-            except TinyKDError as err:
-                raise type(err)(err.what, err.fix, where="distill.assistants") from None
-            configs = [r.student.model_copy(update={"kwargs": kwargs, "checkpoint": None})]
-            self.console.print(f"assistant chosen: {r.student.model} {arg}={kwargs[arg]} "
-                               "(parameters nearest the geometric mean of teacher and student)")
-            d.assistants = configs
-        stages = [("teacher", teacher)]
-        for i, cfg in enumerate(configs, start=1):
-            stages.append((f"assistant{i}", _create(cfg.model, cfg.kwargs, spec, f"distill.assistants[{i - 1}]",
-                                                    r.seed + 100 + i)))
-        chain = distill_chain(stages, self.bundle.train, self.bundle.val, r.student.train,
-                              out_dir=self.run_dir / "chain", terms=lambda: _terms(r), train_first=False,
-                              seed=r.seed, console=self.console, progress=self.progress)
-        for st in chain[1:]:
-            models[st.label] = st.model.requires_grad_(False)
-            state = st.out_dir / "last.json"
-            if state.is_file():
-                histories += read_json(state).get("history", [])
-        self.facts["stages"] = [{k: v for k, v in st.row().items() if k != "out_dir"} for st in chain]
-        return chain[-1].model
-
-    def _data_free(self, teacher: nn.Module):
-        from .distill.schemes import DAFLBatches, deep_inversion
-
-        cfg, shape = self.d.data_free, tuple(self.bundle.spec.shape)
-        self.facts["method"] = cfg.method
-        if cfg.method == "dafl":
-            self.facts["generator"] = {"base": cfg.generator_base, "lr": cfg.generator_lr,
-                                       "schedule": cfg.generator_schedule, "jitter": cfg.jitter,
-                                       "adversarial": cfg.adversarial,
-                                       "batch_size": cfg.batch_size, "steps_per_epoch": cfg.steps_per_epoch}
-            torch.manual_seed(self.recipe.seed)
-            self.batches = DAFLBatches(teacher, shape, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
-                                       latent_dim=cfg.latent_dim, lr=cfg.generator_lr, base=cfg.generator_base,
-                                       one_hot=cfg.one_hot, activation=cfg.activation, info_entropy=cfg.info_entropy,
-                                       lr_schedule=cfg.generator_schedule, jitter=cfg.jitter,
-                                       adversarial=cfg.adversarial,
-                                       total_steps=cfg.steps_per_epoch * self.recipe.student.train.epochs)
-            self.console.print(f"data-free (DAFL): {cfg.steps_per_epoch} generated batches of {cfg.batch_size} "
-                               "per epoch; the student sees no training input")
-            return teacher, self.batches, None
-        home = module_device(teacher)
-        teacher.to(resolve_device(self.recipe.student.train.device))  # inverting is training: on the student's device
-        try:
-            synth = deep_inversion(teacher, shape, cfg.samples, batch_size=min(256, cfg.samples),
-                                   iterations=cfg.iterations, lr=cfg.inversion_lr, bn_weight=cfg.bn_weight,
-                                   seed=self.recipe.seed, console=self.console)
-        except TinyKDError as err:
-            raise type(err)(err.what, err.fix, where="distill.data_free.method") from None
-        finally:
-            teacher.to(home)
-        self.synthetic = synth
-        return teacher, None, synth
-
-    def calibration(self, n: int) -> np.ndarray | None:
-        """Int8 calibration inputs of a data-free run (synthetic, like everything its student saw); else None."""
-        if self.d.scheme != "data_free":
-            return None
-        if self.batches is not None:
-            with torch.random.fork_rng():
-                torch.manual_seed(self.recipe.seed)
-                return self.batches.sample(n).numpy()
-        return self.synthetic.x[:n].numpy()
-
-    def finish(self, source, result, student: nn.Module) -> dict:
-        """Facts about the scheme for metrics.json, and the synthetic-sample figure of a data-free run."""
-        from .distill.cache import TeacherCache
-
-        if isinstance(source, TeacherCache):
-            self.facts["cache_stats"] = dict(source.stats)
-        if self.d.scheme == "data_free":
-            from .distill.schemes import save_grid
-            from .report.scheme import DATA_FREE_NAMES
-
-            if self.batches is not None:
-                x = self.batches.sample(32)
-                labels = predict_logits(self.batches.teacher, x).argmax(1).tolist()
-            else:
-                x, labels = self.synthetic.x[:32], self.synthetic.y[:32].tolist()
-            path = self.run_dir / "figures" / "synthetic_samples.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            method = DATA_FREE_NAMES[self.d.data_free.method]
-            save_grid(x, path, labels=labels, title=f"{method}: synthetic inputs, titled with the teacher's class")
-            self.facts["samples_figure"] = str(path.relative_to(self.run_dir))
-        if self.d.scheme == "assistant":
-            self.facts["stages"].append({"stage": len(self.facts["stages"]), "label": "student",
-                                         "teacher": self.facts["stages"][-1]["label"], "params": count_params(student),
-                                         "best_epoch": result.best_epoch,
-                                         "best_val_accuracy": result.best_val_accuracy})
-        return self.facts
 
 
 def _resolve_dir(path: str, base_dir: str | None) -> Path:
@@ -880,7 +692,7 @@ def _distill_inputs(recipe: Recipe, bundle: DataBundle, terms: list, console: Co
     inputs of a labelling budget (``data.labelled``, used when a loss term learns from the teacher)."""
     parts = [_transfer_inputs(recipe, bundle, console)] if recipe.distill.transfer else []
     if bundle.unlabelled is not None and len(bundle.unlabelled):
-        if any(t.needs_teacher for _, t in terms) and recipe.distill.scheme not in ("online", "self", "data_free"):
+        if any(t.needs_teacher for _, t in terms) and get_scheme(recipe.distill.scheme).takes_unlabelled:
             parts.append(bundle.unlabelled)
             console.print(f"unlabelled training inputs: {len(bundle.unlabelled)} (teacher-labelled, for the "
                           f"distilled student; {len(bundle.train)} keep their labels)")
@@ -1264,19 +1076,17 @@ def _label(name: str) -> str:
     """The display label of a variant: teacher_2 → "Teacher 2 (fp32)", assistant1 → "Assistant 1 (fp32)"."""
     if name in LABELS:
         return LABELS[name]
-    for prefix, word in (("teacher_", "Teacher"), ("assistant", "Assistant"), ("peer_", "Peer")):
-        if name.startswith(prefix) and name[len(prefix):].isdigit():
-            return f"{word} {name[len(prefix):]} (fp32)"
+    for scheme in schemes():
+        for prefix, word in scheme.variant_words.items():
+            if name.startswith(prefix) and name[len(prefix):].isdigit():
+                return f"{word} {name[len(prefix):]} (fp32)"
     return name
 
 
 def _model_name(recipe: Recipe, name: str, model: nn.Module) -> str:
     if not type(model).__module__.startswith("tinykd"):
         return type(model).__name__
-    d = recipe.distill
-    extra = {f"teacher_{i}": c for i, c in enumerate(d.teachers, start=2)}
-    extra |= {f"assistant{i}": c for i, c in enumerate(d.assistants, start=1)}
-    extra |= {f"peer_{i}": c for i, c in enumerate(d.peers, start=2)}
+    extra = get_scheme(recipe.distill.scheme).variant_configs(recipe.distill)
     cfg = recipe.teacher if name in ("teacher", "teacher_pruned") else extra.get(name, recipe.student)
     return cfg.model
 

@@ -173,22 +173,19 @@ class DistillConfig(_Section):
     """The loss terms of distillation, the scheme (who teaches whom), extra transfer data, and whether to train
     the from-scratch baseline.
 
-    Schemes: ``offline`` (the teacher teaches the student); ``multi_teacher`` (the teacher and ``teachers``,
-    combined per sample by ``teacher_weights``); ``assistant`` (teacher → ``assistants`` → student, each stage a
-    full distillation with ``losses``; with no assistants given, one of the student's family whose size is the
-    geometric mean of teacher and student); ``data_free`` (see DataFreeConfig). ``online`` (no pre-trained teacher: the
-    student and its ``peers`` learn together through a ``dml`` or ``peer_ensemble`` term; the student is peer 0);
-    ``self`` (the student teaches itself: ``byot``, ``pskd``; no teacher in the loop). In online and self runs
-    the teacher is still trained, as the reference the report compares with. ``cache`` serves the teacher's
-    outputs from a memory-mapped store (offline and multi_teacher), computed once and reused across epochs and,
-    with a shared ``cache_dir``, across runs.
+    ``scheme`` names a registered scheme (``tinykd.distill.schemes.SCHEMES``: offline, multi_teacher, assistant,
+    data_free, online, self); each scheme's file says what it reads of this section and checks it. ``teachers`` and
+    ``teacher_weights`` belong to multi_teacher, ``assistants`` and ``assistant_width_arg`` to assistant, ``peers``
+    to online, ``data_free`` to data_free. ``cache`` serves the teacher's outputs from a memory-mapped store
+    (schemes with a teacher in the loop), computed once and reused across epochs and, with a shared ``cache_dir``,
+    across runs.
     """
 
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="kd", temperature=4.0, alpha=0.9)])
     scratch_baseline: bool = True
     transfer: TransferConfig | None = None
     mixup: MixupConfig | None = None
-    scheme: Literal["offline", "multi_teacher", "assistant", "data_free", "online", "self"] = "offline"
+    scheme: str = "offline"  # a registered scheme: distill.schemes.SCHEMES
     cache: bool = False
     cache_dir: str | None = None  # default: <run>/teacher_cache
     teachers: list[ModelConfig] = Field(default_factory=list)
@@ -205,29 +202,18 @@ class DistillConfig(_Section):
             raise ValueError("needs at least one loss term, e.g. [{name: kd, temperature: 4, alpha: 0.9}]")
         return v
 
+    @field_validator("scheme", mode="before")
+    @classmethod
+    def _registered(cls, v):
+        names = _schemes().scheme_names()
+        if not isinstance(v, str) or v not in names:
+            raise ValueError("Input should be " + ", ".join(f"'{n}'" for n in names[:-1]) + f" or '{names[-1]}'")
+        return v
+
     @model_validator(mode="after")
     def _scheme_fits(self) -> DistillConfig:
-        if self.scheme == "multi_teacher" and not self.teachers:
-            raise ValueError("scheme multi_teacher needs the extra teachers in distill.teachers, e.g. "
-                             "[{model: mlp, kwargs: {hidden: [256]}}]")
-        if self.teachers and self.scheme != "multi_teacher":
-            raise ValueError("distill.teachers is used only by scheme multi_teacher: set distill.scheme=multi_teacher")
-        if self.peers and self.scheme != "online":
-            raise ValueError("distill.peers is used only by scheme online: set distill.scheme=online")
-        if self.scheme == "online" and not any(l.name in ("dml", "peer_ensemble") for l in self.losses):
-            raise ValueError("scheme online needs an online loss term: losses: [{name: dml}] or "
-                             "[{name: peer_ensemble}]")
-        if self.scheme in ("online", "self") and (self.cache or self.transfer or self.mixup):
-            raise ValueError(f"scheme {self.scheme} has no teacher in the loop: remove distill.cache, "
-                             "distill.transfer and distill.mixup")
-        if self.assistants and self.scheme != "assistant":
-            raise ValueError("distill.assistants is used only by scheme assistant: set distill.scheme=assistant")
-        if isinstance(self.teacher_weights, list) and len(self.teacher_weights) != len(self.teachers) + 1:
-            raise ValueError(f"teacher_weights lists {len(self.teacher_weights)} numbers for "
-                             f"{len(self.teachers) + 1} teachers (the teacher and distill.teachers): give one each")
-        if self.scheme == "data_free" and (self.transfer or self.mixup or self.cache):
-            raise ValueError("scheme data_free uses synthetic inputs only: remove distill.transfer, distill.mixup "
-                             "and distill.cache")
+        for scheme in _schemes().schemes():  # each scheme checks its own settings (distill/schemes/)
+            scheme.check_section(self, chosen=scheme.name == self.scheme)
         return self
 
 
@@ -369,16 +355,20 @@ class Recipe(_Section):
         return v
 
     @model_validator(mode="after")
-    def _data_free_alone(self) -> Recipe:
-        c = self.compress
-        if self.distill.scheme == "data_free" and (c.prune_student or c.lowrank or c.qat):
-            raise ValueError("compress.prune_student, compress.lowrank and compress.qat fine-tune the student on the "
-                             "training data, which a data_free run does not use: remove them (post-training int8 "
-                             "quantization is calibrated on synthetic inputs)")
+    def _scheme_fits(self) -> Recipe:
+        _schemes().get_scheme(self.distill.scheme).check_recipe(self)  # checks across sections (data_free: compress)
         return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _schemes():
+    """The scheme registry. Imported when a recipe is validated, not when this module is: the schemes' modules
+    import the recipe's config classes, the registry module itself nothing."""
+    from .distill.schemes import registry
+
+    return registry
 
 
 def check_run_name(name: str) -> None:

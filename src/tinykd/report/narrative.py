@@ -1,6 +1,7 @@
 """The "what this run shows" paragraph, generated from the numbers (plain text; the page escapes it)."""
 from __future__ import annotations
 
+from ..distill.schemes.registry import find_scheme
 from .summary import (PARITY_THRESHOLD, claimed_ranges, compared_variant, energy_rows, format_factor, format_kib,
                       format_ms, format_sig, mcu_rows, parity_warnings, variant_metric, variant_noun)
 
@@ -80,12 +81,6 @@ def _size_claim_note(metrics: dict, key: str) -> str:
     return f" ({pct[0]:g}–{pct[1]:g} % smaller)" if key == "size_reduction" and pct and len(pct) == 2 else ""
 
 
-SCHEME_PHRASES = {"multi_teacher": "Distillation from the teacher ensemble",
-                  "assistant": "Distillation through the teacher-assistant chain",
-                  "data_free": "Data-free distillation (no training input seen)",
-                  "online": "Online distillation with its peers", "self": "Self-distillation"}
-
-
 def distillation_sentence(metrics: dict) -> str:
     """What distillation added over training the same student from scratch."""
     scratch, distilled = _accuracy(metrics, "student_scratch"), _accuracy(metrics, "student")
@@ -93,7 +88,8 @@ def distillation_sentence(metrics: dict) -> str:
         return ""
     change = 100 * (distilled - scratch)
     verb = "lifts" if change > 0 else "lowers" if change < 0 else "leaves"
-    how = SCHEME_PHRASES.get((metrics.get("scheme") or {}).get("name"), "Distillation")
+    scheme = find_scheme((metrics.get("scheme") or {}).get("name"))
+    how = scheme.phrase if scheme is not None else "Distillation"  # each scheme names itself (Scheme.phrase)
     text = (f"{how} {verb} the student's test accuracy from {_pct(scratch)} (trained from scratch) "
             f"to {_pct(distilled)} ({_signed(change)} points)")
     a_scratch = variant_metric(metrics, "student_scratch", "agreement_with_teacher")

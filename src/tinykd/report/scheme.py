@@ -1,71 +1,44 @@
-"""The report's Scheme section: who taught the distilled student, when the recipe chose more than one teacher
-teaching one student offline — the stages of a teacher-assistant chain (one row per stage), the members of a
-teacher ensemble, the teacher-output cache's counts, the synthetic inputs of a data-free run."""
+"""The report's Scheme section: who taught the distilled student, as the run's scheme describes itself
+(``Scheme.report`` in distill/schemes/): e.g. the stages of a teacher-assistant chain (one row per stage), the
+members of a teacher ensemble, the teacher-output cache's counts, the synthetic inputs of a data-free run."""
 from __future__ import annotations
 
 import base64
 from pathlib import Path
 
+from ..distill.schemes.registry import find_scheme
 from .markup import esc, num_cell, table, variant_cell
 from .style import variant_colors
 from .summary import format_count, format_percent, variant_label, variant_metric
 
-INTRO = {
-    "multi_teacher": "The distilled student learned from an ensemble of teachers, combined per sample ({weights} "
-                     "weights) into one soft target at T = {temperature:g}.",
-    "assistant": "Teacher-assistant chain (Mirzadeh et al. 2020): each stage was distilled from the one before it, "
-                 "so the student learned from the last assistant, not from the teacher.",
-    "data_free": "Data-free distillation ({method}): the distilled student saw no training input, only inputs "
-                 "synthesised from the frozen teacher; the student from scratch, the reference, trained on the real "
-                 "data.",
-}
-DATA_FREE_NAMES = {"dafl": "DAFL", "deepinversion": "DeepInversion"}  # also the titles of the samples figure
-METHODS = {**DATA_FREE_NAMES, "dafl": "DAFL, a generator trained against the teacher"}
+
+def scheme_report(facts: dict):
+    """What the run's scheme says of itself, from its facts in metrics.json (a plain offline run when none)."""
+    from ..distill.schemes import Scheme
+
+    facts = facts or {"name": "offline"}
+    return (find_scheme(facts.get("name", "offline")) or Scheme).report(facts)
 
 
 def scheme_section(metrics: dict, run_dir: Path | None = None) -> str:
-    """The whole ``<section>``, or an empty string for a plain offline run without a cache."""
-    facts = metrics.get("scheme") or {}
-    name = facts.get("name", "offline")
-    if name == "offline" and "cache_stats" not in facts:
+    """The whole ``<section>``, or an empty string when the scheme has nothing to say (a plain offline run)."""
+    rep = scheme_report(metrics.get("scheme") or {})
+    if not rep.shown:
         return ""
     parts = []
-    if name in INTRO:
-        parts.append("<p>" + esc(INTRO[name].format(
-            weights=_weights(facts.get("teacher_weights")), temperature=float(facts.get("temperature") or 0),
-            method=METHODS.get(facts.get("method"), facts.get("method")))) + "</p>")
-    if name == "assistant":
-        parts.append(stage_table(metrics, facts.get("stages") or []))
-    if name == "multi_teacher":
-        parts.append(teacher_table(metrics, facts.get("teachers") or []))
-    gen = facts.get("generator") if name == "data_free" else None
-    if gen:
-        shift = f"each sample shifted by up to {gen['jitter']} positions" if gen.get("jitter") else "no shifts"
-        parts.append("<p>" + esc(
-            f"Generator: {gen['steps_per_epoch']} batches of {gen['batch_size']} per epoch, base width {gen['base']}, "
-            f"Adam learning rate {gen['lr']:g} ({gen['schedule']}); {shift} before the student saw it"
-            + (f"; adversarial term weight {gen['adversarial']:g} (G also sought inputs where student and teacher "
-               "disagreed)." if gen.get("adversarial") else ".")) + "</p>")
-    if name == "data_free" and facts.get("samples_figure") and run_dir is not None:
-        path = Path(run_dir) / facts["samples_figure"]
-        if path.is_file():
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            parts.append(f'<figure id="fig-synthetic"><img src="data:image/png;base64,{data}" '
-                         f'alt="synthetic inputs"><figcaption><strong>Synthetic inputs.</strong> Samples of what the '
-                         f"student learned from, each titled with the class the teacher gives it.</figcaption></figure>")
-    stats = facts.get("cache_stats")
-    if stats:
-        parts.append("<p>" + esc(
-            f"Teacher-output cache ({facts.get('cache_dir', '')}): {stats.get('hits', 0):,} samples served from the "
-            f"store, {stats.get('computed', 0):,} computed and stored, {stats.get('live', 0):,} run live (no "
-            "cacheable index, e.g. mixed or transfer inputs).") + "</p>")
+    if rep.intro:
+        parts.append("<p>" + esc(rep.intro) + "</p>")
+    if rep.stages is not None:
+        parts.append(stage_table(metrics, rep.stages))
+    if rep.teachers is not None:
+        parts.append(teacher_table(metrics, rep.teachers))
+    parts += ["<p>" + esc(note) + "</p>" for note in rep.notes]
+    fig = rep.figure
+    if fig is not None and run_dir is not None and (Path(run_dir) / fig.path).is_file():
+        data = base64.b64encode((Path(run_dir) / fig.path).read_bytes()).decode("ascii")
+        parts.append(f'<figure id="{esc(fig.id)}"><img src="data:image/png;base64,{data}" alt="{esc(fig.alt)}">'
+                     f"<figcaption><strong>{esc(fig.title)}</strong> {esc(fig.caption)}</figcaption></figure>")
     return '<section id="scheme"><h2>Distillation scheme</h2>' + "".join(p for p in parts if p) + "</section>"
-
-
-def _weights(weights: object) -> str:
-    if isinstance(weights, list):
-        return "fixed " + ", ".join(f"{w:g}" for w in weights)
-    return str(weights or "mean")
 
 
 def stage_table(metrics: dict, stages: list[dict]) -> str:

@@ -5,7 +5,7 @@ and student is large, an intermediate-size assistant distilled from the teacher 
 the teacher does. ``assistant_kwargs`` picks assistant sizes between the two (geometric interpolation of the
 parameter counts, found by a width sweep of one model family); ``distill_chain`` runs the stages in order, each in
 its own folder, so a finished stage is reused and an interrupted one resumes (born-again generations are a chain
-of one architecture).
+of one architecture). The scheme: ``Assistant``.
 """
 from __future__ import annotations
 
@@ -18,13 +18,15 @@ from rich.console import Console
 from torch import nn
 
 from ...data.spec import Split
-from ...errors import TinyKDError
+from ...errors import RecipeError, TinyKDError
 from ...inference import predict_logits
 from ...io import read_json
 from ...models import count_params, create_model
-from ...recipe import TrainConfig
+from ...recipe import DistillConfig, ModelConfig, TrainConfig
 from ..losses.base import LossTerm, build_loss
 from ..trainer import Trainer
+from .base import Prepared, Scheme, SchemeReport
+from .registry import register_scheme
 
 TermFactory = Callable[[], list[tuple[float, LossTerm]]]
 
@@ -153,3 +155,90 @@ def teacher_assistant_chain(teacher: nn.Module, assistants: Sequence[nn.Module],
     """teacher → assistant1 → … → student; ``teacher_trained`` False trains the teacher first (stage 0)."""
     models = [("teacher", teacher), *((f"assistant{i + 1}", a) for i, a in enumerate(assistants)), ("student", student)]
     return distill_chain(models, train, val, cfg, out_dir=out_dir, train_first=not teacher_trained, **kwargs)
+
+
+# ----- the scheme ---------------------------------------------------------------------------------
+WIDTH_ARGS = ("widths", "width", "hidden", "channels", "width_mult", "base")  # tried in order to size an assistant
+
+
+@register_scheme
+class Assistant(Scheme):
+    """teacher → ``distill.assistants`` → student, each stage a full distillation with ``distill.losses``; with no
+    assistants listed, one of the student's family whose size is the geometric mean of teacher and student."""
+
+    name = "assistant"
+    phrase = "Distillation through the teacher-assistant chain"
+    fields = ("assistants",)
+    variant_words = {"assistant": "Assistant"}
+
+    @classmethod
+    def extra_models(cls, d: DistillConfig) -> list[tuple[str, ModelConfig, bool]]:
+        return [(f"distill.assistants[{i}]", cfg, False) for i, cfg in enumerate(d.assistants)]
+
+    @classmethod
+    def variant_configs(cls, d: DistillConfig) -> dict[str, ModelConfig]:
+        return {f"assistant{i}": cfg for i, cfg in enumerate(d.assistants, start=1)}
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.assistants: list[ModelConfig] = list(self.d.assistants)
+
+    def resolved(self, d: DistillConfig) -> DistillConfig:
+        return d if list(d.assistants) == self.assistants else d.model_copy(update={"assistants": self.assistants})
+
+    def prepare(self, teacher: nn.Module, student: nn.Module) -> Prepared:
+        ctx, r = self.ctx, self.ctx.recipe
+        if not self.assistants:
+            self.assistants = [self._automatic(teacher, student)]
+        stages = [("teacher", teacher)]
+        for i, cfg in enumerate(self.assistants, start=1):
+            stages.append((f"assistant{i}", ctx.build(cfg.model, cfg.kwargs, f"distill.assistants[{i - 1}]",
+                                                      r.seed + 100 + i)))
+        chain = distill_chain(stages, ctx.bundle.train, ctx.bundle.val, r.student.train, out_dir=ctx.run_dir / "chain",
+                              terms=ctx.terms, train_first=False, seed=r.seed, console=ctx.console,
+                              progress=ctx.progress)
+        for st in chain[1:]:
+            self.models[st.label] = st.model.requires_grad_(False)
+            state = st.out_dir / "last.json"
+            if state.is_file():
+                self.history += read_json(state).get("history", [])
+        self.facts["stages"] = [{k: v for k, v in st.row().items() if k != "out_dir"} for st in chain]
+        return self.cached(chain[-1].model), None, ctx.bundle.train
+
+    def _automatic(self, teacher: nn.Module, student: nn.Module) -> ModelConfig:
+        """The student's family at the width whose parameter count is nearest √(P_teacher · P_student)."""
+        r, spec = self.ctx.recipe, self.ctx.bundle.spec
+        if not type(student).__module__.startswith("tinykd"):
+            raise RecipeError("an automatic assistant needs a registry student (the assistant is the student's "
+                              "family at a larger width)", "list the assistants in distill.assistants",
+                              where="distill.assistants")
+        arg = self.d.assistant_width_arg or next((a for a in WIDTH_ARGS if a in r.student.kwargs), None)
+        if arg is None:
+            raise RecipeError(f"cannot size an assistant: student.kwargs {sorted(r.student.kwargs)} name no width "
+                              f"argument ({', '.join(WIDTH_ARGS)})", "set distill.assistant_width_arg to the "
+                              "student's width keyword, or list distill.assistants", where="distill.assistants")
+        try:
+            (kwargs,) = assistant_kwargs(r.student.model, dict(r.student.kwargs), width_arg=arg,
+                                         num_classes=spec.num_classes, in_shape=tuple(spec.shape),
+                                         teacher_params=count_params(teacher), student_params=count_params(student))
+        except TinyKDError as err:
+            raise type(err)(err.what, err.fix, where="distill.assistants") from None
+        self.ctx.console.print(f"assistant chosen: {r.student.model} {arg}={kwargs[arg]} "
+                               "(parameters nearest the geometric mean of teacher and student)")
+        return r.student.model_copy(update={"kwargs": kwargs, "checkpoint": None})
+
+    def finish(self, source, result, student: nn.Module) -> dict:
+        super().finish(source, result, student)
+        stages = self.facts["stages"]
+        stages.append({"stage": len(stages), "label": "student", "teacher": stages[-1]["label"],
+                       "params": count_params(student), "best_epoch": result.best_epoch,
+                       "best_val_accuracy": result.best_val_accuracy})
+        return self.facts
+
+    @classmethod
+    def report(cls, facts: dict) -> SchemeReport:
+        out = super().report(facts)
+        out.intro = ("Teacher-assistant chain (Mirzadeh et al. 2020): each stage was distilled from the one before it, "
+                     "so the student learned from the last assistant, not from the teacher.")
+        out.stages = facts.get("stages") or []
+        return out

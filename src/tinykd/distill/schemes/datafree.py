@@ -6,7 +6,7 @@
   teacher's BatchNorm layers match the layer's running statistics, plus cross-entropy to chosen targets and
   image priors (``deep_inversion`` returns a synthetic split to distil on).
 
-``save_grid`` writes a PNG of synthetic samples (images, or signals as line plots).
+``save_grid`` writes a PNG of synthetic samples (images, or signals as line plots). The scheme: ``DataFree``.
 """
 from __future__ import annotations
 
@@ -23,11 +23,14 @@ from torch import nn
 from ...data.augment import shift_batch
 from ...data.spec import Split
 from ...errors import TinyKDError
-from ...inference import module_device
+from ...inference import module_device, predict_logits
 from ...io import atomic_write
 from ...types import Batch
 from ..capture import FeatureCapture, _first_tensor
 from ..sources import BatchSource
+from ..trainer import resolve_device
+from .base import Prepared, Scheme, SchemeFigure, SchemeReport
+from .registry import register_scheme
 
 
 # ----- generator ----------------------------------------------------------------------------------
@@ -378,3 +381,114 @@ def save_grid(x: torch.Tensor, path: str | Path, *, labels: Sequence | None = No
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return atomic_write(Path(path), buf.getvalue())
+
+
+# ----- the scheme ---------------------------------------------------------------------------------
+NAMES = {"dafl": "DAFL", "deepinversion": "DeepInversion"}  # also the titles of the samples figure
+METHODS = {**NAMES, "dafl": "DAFL, a generator trained against the teacher"}  # as the report's intro names them
+
+
+@register_scheme
+class DataFree(Scheme):
+    """The distilled student sees no training input, only inputs synthesised from the frozen teacher
+    (``distill.data_free``): DAFL's generator makes every batch, or DeepInversion makes a synthetic split first.
+    Its int8 calibration inputs are synthetic too; the real validation split still picks the best epoch."""
+
+    name = "data_free"
+    phrase = "Data-free distillation (no training input seen)"
+    takes_unlabelled = False
+
+    @classmethod
+    def check_chosen(cls, d) -> None:
+        if d.transfer or d.mixup or d.cache:
+            raise ValueError("scheme data_free uses synthetic inputs only: remove distill.transfer, distill.mixup "
+                             "and distill.cache")
+
+    @classmethod
+    def check_recipe(cls, recipe) -> None:
+        c = recipe.compress
+        if c.prune_student or c.lowrank or c.qat:
+            raise ValueError("compress.prune_student, compress.lowrank and compress.qat fine-tune the student on the "
+                             "training data, which a data_free run does not use: remove them (post-training int8 "
+                             "quantization is calibrated on synthetic inputs)")
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.batches: DAFLBatches | None = None
+        self.synthetic: Split | None = None
+
+    def prepare(self, teacher: nn.Module, student: nn.Module) -> Prepared:
+        ctx, cfg, shape = self.ctx, self.d.data_free, tuple(self.ctx.bundle.spec.shape)
+        r = ctx.recipe
+        self.facts["method"] = cfg.method
+        if cfg.method == "dafl":
+            self.facts["generator"] = {"base": cfg.generator_base, "lr": cfg.generator_lr,
+                                       "schedule": cfg.generator_schedule, "jitter": cfg.jitter,
+                                       "adversarial": cfg.adversarial,
+                                       "batch_size": cfg.batch_size, "steps_per_epoch": cfg.steps_per_epoch}
+            torch.manual_seed(r.seed)
+            self.batches = DAFLBatches(teacher, shape, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
+                                       latent_dim=cfg.latent_dim, lr=cfg.generator_lr, base=cfg.generator_base,
+                                       one_hot=cfg.one_hot, activation=cfg.activation, info_entropy=cfg.info_entropy,
+                                       lr_schedule=cfg.generator_schedule, jitter=cfg.jitter,
+                                       adversarial=cfg.adversarial,
+                                       total_steps=cfg.steps_per_epoch * r.student.train.epochs)
+            ctx.console.print(f"data-free (DAFL): {cfg.steps_per_epoch} generated batches of {cfg.batch_size} "
+                              "per epoch; the student sees no training input")
+            return teacher, self.batches, None
+        home = module_device(teacher)
+        teacher.to(resolve_device(r.student.train.device))  # inverting is training: on the student's device
+        try:
+            synth = deep_inversion(teacher, shape, cfg.samples, batch_size=min(256, cfg.samples),
+                                   iterations=cfg.iterations, lr=cfg.inversion_lr, bn_weight=cfg.bn_weight,
+                                   seed=r.seed, console=ctx.console)
+        except TinyKDError as err:
+            raise type(err)(err.what, err.fix, where="distill.data_free.method") from None
+        finally:
+            teacher.to(home)
+        self.synthetic = synth
+        return teacher, None, synth
+
+    def finish(self, source, result, student: nn.Module) -> dict:
+        """The facts, and the figure of synthetic samples titled with the teacher's class."""
+        super().finish(source, result, student)
+        if self.batches is not None:
+            x = self.batches.sample(32)
+            labels = predict_logits(self.batches.teacher, x).argmax(1).tolist()
+        else:
+            x, labels = self.synthetic.x[:32], self.synthetic.y[:32].tolist()
+        path = self.ctx.run_dir / "figures" / "synthetic_samples.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        method = NAMES[self.d.data_free.method]
+        save_grid(x, path, labels=labels, title=f"{method}: synthetic inputs, titled with the teacher's class")
+        self.facts["samples_figure"] = str(path.relative_to(self.ctx.run_dir))
+        return self.facts
+
+    def calibration(self, n: int):
+        """Synthetic calibration inputs, like everything the student saw."""
+        if self.batches is not None:
+            with torch.random.fork_rng():
+                torch.manual_seed(self.ctx.recipe.seed)
+                return self.batches.sample(n).numpy()
+        return self.synthetic.x[:n].numpy()
+
+    @classmethod
+    def report(cls, facts: dict) -> SchemeReport:
+        out = super().report(facts)
+        method = facts.get("method")
+        out.intro = (f"Data-free distillation ({METHODS.get(method, method)}): the distilled student saw no training "
+                     "input, only inputs synthesised from the frozen teacher; the student from scratch, the reference, "
+                     "trained on the real data.")
+        gen = facts.get("generator")
+        if gen:
+            shift = f"each sample shifted by up to {gen['jitter']} positions" if gen.get("jitter") else "no shifts"
+            out.notes.insert(0, f"Generator: {gen['steps_per_epoch']} batches of {gen['batch_size']} per epoch, base "
+                             f"width {gen['base']}, Adam learning rate {gen['lr']:g} ({gen['schedule']}); {shift} before "
+                             "the student saw it"
+                             + (f"; adversarial term weight {gen['adversarial']:g} (G also sought inputs where student "
+                                "and teacher disagreed)." if gen.get("adversarial") else "."))
+        if facts.get("samples_figure"):
+            out.figure = SchemeFigure(facts["samples_figure"], "fig-synthetic", "synthetic inputs", "Synthetic inputs.",
+                                      "Samples of what the student learned from, each titled with the class the "
+                                      "teacher gives it.")
+        return out

@@ -6,6 +6,8 @@
 * ``pskd`` (progressive self-knowledge distillation): the targets mix the label with the model's own prediction
   for that sample in the previous epoch, the mix growing over training.
 * ``born_again``: generations of the same network, each taught by the previous one.
+
+The scheme: ``SelfDistill`` (``distill.scheme: self``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from ..capture import FeatureCapture
 from ..losses.selfdistill import (BYOT, PSKD, BYOTParams, ExitHead, PSKDParams,  # noqa: F401  (the scheme's terms)
                                   pooled)
 from .assistant import StageResult, TermFactory, distill_chain
+from .base import Prepared, Scheme
+from .registry import register_scheme
 
 
 class EarlyExits(nn.Module):
@@ -54,3 +58,17 @@ def born_again(make_model: Callable[[], nn.Module], train: Split, val: Split, cf
     models = [(f"gen{g}", make_model()) for g in range(generations + 1)]
     return distill_chain(models, train, val, cfg, out_dir=out_dir, terms=terms, seed=seed, console=console,
                          progress=progress)
+
+
+@register_scheme
+class SelfDistill(Scheme):
+    """The student teaches itself (``byot``, ``pskd``): no teacher in the loop. The teacher is still trained, as
+    the reference the report compares with."""
+
+    name = "self"
+    phrase = "Self-distillation"
+    teacher_in_loop = False
+    takes_unlabelled = False
+
+    def prepare(self, teacher: nn.Module, student: nn.Module) -> Prepared:
+        return None, None, self.ctx.bundle.train
