@@ -57,12 +57,14 @@ def test_assistant_chain_rows(tmp_path):
 
 
 def test_data_free_dafl_learns_without_data(tmp_path, monkeypatch):
-    import tinykd.pipeline as pipeline
+    import importlib
+
+    export = importlib.import_module("tinykd.stages.export")  # the module (tinykd.stages.export is the function)
 
     def no_real_data(*_a, **_k):
         raise AssertionError("int8 calibration of a data-free run must not read the training split")
 
-    monkeypatch.setattr(pipeline, "calibration_subset", no_real_data)
+    monkeypatch.setattr(export, "calibration_subset", no_real_data)
     res = _run(tmp_path, "distill.scheme=data_free", "student.train.epochs=4", "distill.scratch_baseline=true",
                "distill.losses=[{name: kd, temperature: 1.0, alpha: 1.0}]",
                # 120 steps: a short run learns faster with a small G learning rate than with the authors' 0.2

@@ -165,8 +165,8 @@ def test_output_dir_that_cannot_hold_runs_is_named(tmp_path, capsys, monkeypatch
                          ("/proc/tinykd-x", "cannot create the folder")]:
         code, _, err = _cli(capsys, "run", *TINY, f"output_dir={bad}")
         assert code == 2 and err.startswith("error: output_dir: ") and pattern in err, err
-    import tinykd.pipeline as pipeline
-    monkeypatch.setattr(pipeline.os, "access", lambda *a: False)  # tests run as root, which chmod cannot stop
+    import tinykd.stages.rundir as rundir
+    monkeypatch.setattr(rundir.os, "access", lambda *a: False)  # tests run as root, which chmod cannot stop
     code, _, err = _cli(capsys, "run", *TINY, f"output_dir={tmp_path / 'ro'}")
     assert code == 2 and "output_dir: no permission to write in" in err
 
@@ -208,10 +208,10 @@ def finished(tmp_path_factory):
 
 
 def test_resume_of_a_finished_run_says_so_and_overwrites_nothing(finished, capsys, monkeypatch):
-    import tinykd.pipeline as pipeline
+    import tinykd.stages.rundir as rundir
     before = {p: p.stat().st_mtime_ns for p in finished.rglob("*") if p.is_file()}
     # a read-only finished folder (row 11): nothing needs writing, so nothing fails
-    monkeypatch.setattr(pipeline.tempfile, "TemporaryFile", lambda **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    monkeypatch.setattr(rundir.tempfile, "TemporaryFile", lambda **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
     code, out, err = _cli(capsys, "run", "--resume", finished, "--quiet")
     assert code == 0 and "already complete: nothing was re-run or overwritten" in out
     assert {p: p.stat().st_mtime_ns for p in finished.rglob("*") if p.is_file()} == before
@@ -222,7 +222,7 @@ def test_resume_of_a_finished_run_says_so_and_overwrites_nothing(finished, capsy
 def test_resume_of_a_read_only_unfinished_run_names_the_permission(finished, tmp_path, capsys, monkeypatch):
     import shutil
 
-    import tinykd.pipeline as pipeline
+    import tinykd.stages.rundir as rundir
     copy = tmp_path / "copy"
     shutil.copytree(finished, copy)
     (copy / "metrics.json").unlink()
@@ -230,7 +230,7 @@ def test_resume_of_a_read_only_unfinished_run_names_the_permission(finished, tmp
 
     def denied(**kw):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(pipeline.tempfile, "TemporaryFile", denied)
+    monkeypatch.setattr(rundir.tempfile, "TemporaryFile", denied)
     code, _, err = _cli(capsys, "run", "--resume", copy)
     assert code == 2 and "the folder is not writable (Permission denied)" in err and "chmod -R u+w" in err
 
