@@ -18,14 +18,17 @@ from ..errors import TinyKDError
 
 
 class _Calibration:
-    """An onnxruntime CalibrationDataReader over an in-memory array, one mini-batch at a time."""
+    """An onnxruntime CalibrationDataReader over an in-memory array (or a dict of arrays by graph input name, e.g.
+    token ids and their mask), one mini-batch at a time."""
 
-    def __init__(self, name: str, x: np.ndarray, batch_size: int = 32):
+    def __init__(self, name: str, x: np.ndarray | dict[str, np.ndarray], batch_size: int = 32):
         # Equal-sized batches only: the histogram calibrators (entropy, percentile) stack the per-batch outputs and
         # fail on a shorter last batch, so a remainder is dropped (all of ``x`` is one batch when it is smaller).
-        batch_size = min(batch_size, len(x))
-        usable = len(x) - len(x) % batch_size
-        self.batches = iter([{name: x[i:i + batch_size]} for i in range(0, usable, batch_size)])
+        feeds = dict(x) if isinstance(x, dict) else {name: x}
+        n = _count(feeds)
+        batch_size = min(batch_size, n)
+        usable = n - n % batch_size
+        self.batches = iter([{k: v[i:i + batch_size] for k, v in feeds.items()} for i in range(0, usable, batch_size)])
 
     def get_next(self):
         return next(self.batches, None)
@@ -34,28 +37,51 @@ class _Calibration:
         pass
 
 
-def calibration_subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> np.ndarray:
-    """``n`` training samples, class-balanced where possible, in a seeded order."""
+def _count(x: np.ndarray | dict[str, np.ndarray]) -> int:
+    """Number of samples in an array or in a dict of arrays (one per graph input)."""
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def calibration_subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int, *,
+                       mask: torch.Tensor | None = None) -> np.ndarray | dict[str, np.ndarray]:
+    """``n`` training samples, class-balanced where possible, in a seeded order: float32 inputs, or for token ids
+    (``mask`` given) {"input_ids", "attention_mask"} int64 arrays, as ``quantize_onnx_static`` takes them."""
+    picks = _calibration_picks(y, n, seed)
+    if mask is not None:
+        return {"input_ids": np.ascontiguousarray(x[picks].numpy(), dtype=np.int64),
+                "attention_mask": np.ascontiguousarray(mask[picks].numpy(), dtype=np.int64)}
+    return np.ascontiguousarray(x[picks].numpy(), dtype=np.float32)
+
+
+def _calibration_picks(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(x), generator=g)
+    order = torch.randperm(len(y), generator=g)
     classes = y[order].unique()
     per = max(1, n // max(1, len(classes)))
     picks = torch.cat([order[y[order] == c][:per] for c in classes])
     if len(picks) < n:
         rest = order[~torch.isin(order, picks)][: n - len(picks)]
         picks = torch.cat([picks, rest])
-    return np.ascontiguousarray(x[picks[:n]].numpy(), dtype=np.float32)
+    return picks[:n]
 
 
-def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, calib: np.ndarray, *, per_channel: bool = True,
-                         activation_type: str = "uint8", calibrate_method: str = "minmax",
-                         nodes_to_exclude: list[str] | None = None) -> Path:
-    """Write a static int8 QDQ model calibrated on ``calib`` (N x input shape, float32). ``nodes_to_exclude``:
-    names of nodes of the pre-processed graph (see ``quantizable_nodes``) left in fp32."""
+TOKEN_OPS = ("MatMul", "Gemm")  # what static quantization touches in a graph of token inputs (see quantize_onnx_static)
+
+
+def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, calib: np.ndarray | dict[str, np.ndarray], *,
+                         per_channel: bool = True, activation_type: str = "uint8", calibrate_method: str = "minmax",
+                         nodes_to_exclude: list[str] | None = None,
+                         op_types: tuple[str, ...] | str | None = "auto") -> Path:
+    """Write a static int8 QDQ model calibrated on ``calib`` (N x input shape, float32; or a dict of arrays by input
+    name, e.g. int64 ``input_ids`` and ``attention_mask``). ``nodes_to_exclude``: names of nodes of the
+    pre-processed graph (see ``quantizable_nodes``) left in fp32. ``op_types``: the operators to quantize (None: all
+    ONNX Runtime supports); "auto" is all for dense inputs and only MatMul and Gemm for a graph with integer inputs
+    (token ids), whose attention mask adds a huge negative number to the attention scores: calibrated ranges of the
+    Add and Softmax it feeds would leave no int8 step for the real scores."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if len(calib) == 0:
+    if _count(calib) == 0:
         raise TinyKDError("no calibration samples for int8 quantization", "set quantize.calibration_samples ≥ 1")
     int8_path = Path(int8_path)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -66,7 +92,11 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, calib: np
     extra = {"UseQDQContribOps": True} if activation_type.endswith("16") else {}
     import onnx
 
-    name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    inputs = onnx.load(str(fp32_path), load_external_data=False).graph.input
+    name = inputs[0].name
+    if op_types == "auto":
+        ints = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+        op_types = TOKEN_OPS if any(i.type.tensor_type.elem_type in ints for i in inputs) else None
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
@@ -75,7 +105,7 @@ def quantize_onnx_static(fp32_path: str | Path, int8_path: str | Path, calib: np
             quantize_static(str(pre), str(out), _Calibration(name, calib), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=act, weight_type=QuantType.QInt8,
                             calibrate_method=method, nodes_to_exclude=list(nodes_to_exclude or []),
-                            extra_options=extra)
+                            op_types_to_quantize=list(op_types) if op_types else None, extra_options=extra)
         int8_path.parent.mkdir(parents=True, exist_ok=True)
         out.replace(int8_path)
     return int8_path
@@ -111,7 +141,8 @@ def quantizable_nodes(fp32_path: str | Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in SENSITIVE_OPS and n.name]
 
 
-def quantize_with_parity(fp32_path: str | Path, int8_path: str | Path, calib: np.ndarray, check: np.ndarray, *,
+def quantize_with_parity(fp32_path: str | Path, int8_path: str | Path, calib: np.ndarray | dict[str, np.ndarray],
+                         check: np.ndarray | dict[str, np.ndarray], *,
                          target: float = 0.99, keep_fp32: str | list[str] = "auto", activation_type: str = "uint8",
                          **options) -> tuple[Path, dict]:
     """Static int8 that agrees with its fp32 model on at least ``target`` of the ``check`` inputs' predictions.
@@ -122,6 +153,8 @@ def quantize_with_parity(fp32_path: str | Path, int8_path: str | Path, calib: np
     only that layer kept in fp32) until the target is met. At least one layer always stays quantized; when nothing
     meets the target, the attempt that agrees most is kept and ``met`` is False. A list keeps exactly those nodes in
     fp32. Returns the path and {agreement, met, target, checked_on, activation_type, kept_fp32, attempts, ...}.
+    Token-id models take ``calib`` and ``check`` as dicts of int64 arrays by input name (``calibration_subset``
+    with ``mask``).
     """
     from ..deploy.onnx import ort_predict, ort_session
     from ..measure import agreement
@@ -158,10 +191,10 @@ def quantize_with_parity(fp32_path: str | Path, int8_path: str | Path, calib: np
             quantize_onnx_static(fp32_path, int8_path, calib, nodes_to_exclude=best["kept_fp32"],
                                  activation_type=best["activation_type"], **options)
     return Path(int8_path), {"agreement": float(best["agreement"]), "met": bool(best["agreement"] >= target),
-                             "target": target, "checked_on": int(len(check)),
+                             "target": target, "checked_on": _count(check),
                              "activation_type": best["activation_type"], "kept_fp32": best["kept_fp32"],
                              "quantized_nodes": len(nodes) - len(best["kept_fp32"]), "attempts": attempts,
-                             "calibration_samples": int(len(calib))}
+                             "calibration_samples": _count(calib)}
 
 
 def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *, op_types: tuple[str, ...] | None = ("MatMul",),

@@ -6,6 +6,7 @@ a TypeError traceback from deep inside a constructor.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from tinykd.errors import TinyKDError, closest, unknown_name
+from tinykd.models.hf import HF_KWARGS, HF_PREFIX, create_hf  # imports transformers only when a model is loaded
 
 # The two arguments every builder takes; everything else in its signature is a tunable kwarg.
 _REQUIRED = ("num_classes", "in_shape")
@@ -56,11 +58,23 @@ def list_models() -> dict[str, str]:
     return {name: _REGISTRY[name].description for name in sorted(_REGISTRY)}
 
 
+def accepts(name: str, arg: str) -> bool:
+    """Whether model ``name`` takes the argument ``arg`` (the pipeline passes ``vocab_size`` only to models that
+    do); False for an unknown name, which ``create_model`` then reports."""
+    if name.startswith(HF_PREFIX):
+        return arg in HF_KWARGS
+    return name in _REGISTRY and arg in _REGISTRY[name].kwargs
+
+
 def create_model(name: str, *, num_classes: int, in_shape: tuple[int, ...], **kwargs) -> nn.Module:
-    """Build model ``name`` for inputs shaped ``(B, *in_shape)`` that returns ``(B, num_classes)`` logits."""
-    if name not in _REGISTRY:
-        raise unknown_name("model", name, _REGISTRY)
-    entry = _REGISTRY[name]
+    """Build model ``name`` for inputs shaped ``(B, *in_shape)`` that returns ``(B, num_classes)`` logits.
+
+    ``hf:PATH`` loads the Hugging Face sequence classifier saved in the local folder PATH (``tinykd.models.hf``)."""
+    hf = name.startswith(HF_PREFIX)
+    if not hf and name not in _REGISTRY:
+        err = unknown_name("model", name, _REGISTRY)
+        raise TinyKDError(err.what, f"{err.fix}; or hf:PATH for a Hugging Face model saved in a local folder")
+    entry = _hf_entry(name) if hf else _REGISTRY[name]
     where = f"model '{name}'"
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise TinyKDError(f"num_classes must be a positive int, got {num_classes!r}",
@@ -78,7 +92,15 @@ def create_model(name: str, *, num_classes: int, in_shape: tuple[int, ...], **kw
         raise TinyKDError(err.what, err.fix, where=where) from None
 
 
+def _hf_entry(name: str) -> _Entry:
+    return _Entry(functools.partial(create_hf, name), "a Hugging Face sequence classifier in a local folder", HF_KWARGS)
+
+
 def _unknown_kwarg_fix(name: str, key: str) -> str:
+    if name.startswith(HF_PREFIX):
+        guess = closest(key, HF_KWARGS)
+        return (f"did you mean '{guess}'? " if guess else "") + \
+            "valid arguments for hf: models: " + ", ".join(f"{k}={v!r}" for k, v in HF_KWARGS.items())
     valid = _REGISTRY[name].kwargs
     guess = closest(key, valid)
     fix = f"did you mean '{guess}'? " if guess else ""
