@@ -55,7 +55,7 @@ def new_run_recipe(args):
             check_run_name(args.name)
         except ValueError as exc:
             raise TinyKDError(f"--name {args.name!r}: {exc}", "give a name without '/', e.g. --name mnist-lr3") from None
-        recipe.name = args.name
+        recipe = recipe.model_copy(update={"name": args.name})  # a recipe is frozen: a renamed copy
     return recipe
 
 

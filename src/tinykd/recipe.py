@@ -22,7 +22,9 @@ MAX_LOSS_WEIGHT = 1e6  # |weight| of a loss term: larger is an overflow in waiti
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # Frozen: a validated recipe is a value. A changed setting is a new recipe (model_copy, or load_recipe with
+    # overrides), so no stage can alter what the others see, and the recipe a run saves is the one it ran.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -109,7 +111,7 @@ class ModelConfig(_Section):
 class LossSpec(BaseModel):
     """One weighted loss term; its own hyper-parameters are checked by the term itself."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     name: str
     weight: float = Field(1.0, ge=-MAX_LOSS_WEIGHT, le=MAX_LOSS_WEIGHT)
 
@@ -518,8 +520,7 @@ def load_recipe(source: str | Path | dict | None = None, overrides: list[str] | 
             apply_override(resolved, *parse_override(text))
         count = f"{len(overrides)} override{'s' if len(overrides) > 1 else ''}"
         recipe = _validate(resolved, f"{name} with {count}")  # the lines below name each field
-    recipe.base_dir = base_dir
-    return recipe
+    return recipe.model_copy(update={"base_dir": base_dir})
 
 
 def default_recipe_path() -> Path:
