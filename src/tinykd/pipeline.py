@@ -29,6 +29,7 @@ from .stages.rundir import (RESUME_KEYS, STATUS, claim_run_dir, completed_metric
                             write_history)
 
 _load_data = load_data  # the name tests and scripts knew it by
+TOKENIZER = "tokenizer.json"  # a text run's tokenizer, learnt from its training texts
 
 
 @dataclass
@@ -66,9 +67,12 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
         output_root(recipe)
     if data is None:
         check_source(recipe.data.name, recipe.data.path, recipe.data.options, recipe, "data")
-    bundle = data or load_data(recipe, console)
+    saved = Path(run_dir) / TOKENIZER if resume else None  # a resumed text run reads its own tokenizer back
+    bundle = data or load_data(recipe, console, tokenizer_path=saved if saved and saved.is_file() else None)
     preflight(recipe, bundle, teacher=teacher, student=student, console=console)
     run_dir = open_run_dir(recipe, run_dir, resume=resume, changes=changes, console=console)
+    if bundle.tokenizer is not None and not (run_dir / TOKENIZER).is_file():
+        bundle.tokenizer.save(run_dir / TOKENIZER)
     status = run_status(run_dir) if resume else {}
     set_status(run_dir, "running", **({"resumed_with": status.get("resumed_with", []) + changes} if changes else {}))
     console.print(f"[bold]tinykd[/] run [cyan]{recipe.name}[/] → {run_dir}")

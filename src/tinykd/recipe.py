@@ -250,6 +250,8 @@ class MeasureConfig(_Section):
     repeats: int = Field(200, ge=5, le=100_000)
     rounds: int = Field(5, ge=1, le=100)  # every variant/runtime is timed once per round, round-robin
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], max_length=8)
+    # text: the token count latency and MACs are measured at (default: the data's max_length)
+    sequence_length: int | None = Field(None, ge=1, le=8192)
 
     @field_validator("batch_sizes")
     @classmethod

@@ -16,8 +16,8 @@ from ..data.spec import DataBundle
 from ..distill.losses import build_loss
 from ..distill.schemes import get_scheme, schemes
 from ..errors import RecipeError, TinyKDError
-from ..io import check_finite, load_state_dict, load_weights
-from ..models import create_model
+from ..io import check_finite, load_state_dict, load_tensors, load_weights
+from ..models import accepts, create_model
 from ..recipe import PruneConfig, Recipe, TrainConfig
 
 LABELS = {"teacher": "Teacher (fp32)", "student_scratch": "Student from scratch (fp32)",
@@ -46,6 +46,8 @@ def create(name: str, kwargs: dict, spec, role: str, seed: int) -> nn.Module:
     """A fresh registry model for the recipe field ``role`` (errors name ``<role>.model``), seeded with ``seed``."""
     torch.manual_seed(seed)
     try:
+        if getattr(spec, "vocab_size", 0) and accepts(name, "vocab_size") and "vocab_size" not in kwargs:
+            kwargs = {**kwargs, "vocab_size": spec.vocab_size}  # a token model's embedding fits the data's vocabulary
         return create_model(name, num_classes=spec.num_classes, in_shape=tuple(spec.shape), **kwargs)
     except TinyKDError as err:
         raise type(err)(err.what, err.fix, where=f"{role}.model") from None
@@ -86,6 +88,18 @@ def load_checkpoint(model: nn.Module, checkpoint: str, where: str, recipe: Recip
     except TinyKDError as err:
         raise type(err)(err.what, err.fix, where=f"{where}.checkpoint") from None
     return path
+
+
+def trained_weights(folder: Path, which: str = "best") -> dict[str, torch.Tensor]:
+    """The model weights a training stage left in its folder (``TeacherResult.folder``, ``DistillResult.folders``):
+    ``best``, of the best validation epoch, or ``last``, of the last epoch (the model part of the resumable
+    checkpoint, which also holds the helpers' and the optimizer's state)."""
+    if which == "best":
+        return load_tensors(Path(folder) / "best.safetensors")
+    if which != "last":
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    return {k[len("model."):]: v for k, v in load_tensors(Path(folder) / "last.safetensors").items()
+            if k.startswith("model.")}
 
 
 def build_terms(recipe: Recipe) -> list:

@@ -1,6 +1,8 @@
 """The data of a run: the recipe's dataset loaded and split, and the checks of a dataset section."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 
 from ..data import load_dataset
@@ -28,14 +30,17 @@ def check_source(name: str, path: str | None, options: dict, recipe: Recipe, whe
         raise type(err)(err.what, err.fix, where=err.where or where) from None
 
 
-def load_data(recipe: Recipe, console: Console | None = None) -> DataBundle:
-    """The recipe's dataset, split and standardised, with a line on where each split came from."""
+def load_data(recipe: Recipe, console: Console | None = None, *, tokenizer_path: Path | None = None) -> DataBundle:
+    """The recipe's dataset, split and standardised, with a line on where each split came from. Text data is
+    tokenized by the tokenizer saved at ``tokenizer_path`` when given (a resumed run's), else by one learnt from
+    the training texts."""
     console = console or Console(quiet=True)
     d = recipe.data
+    options = dict(d.options) | ({"tokenizer_path": str(tokenizer_path)} if tokenizer_path is not None else {})
     with console.status(f"loading dataset {d.name}"):
         bundle = load_dataset(d.name, path=d.path, seed=recipe.seed, val_fraction=d.val_fraction,
                               test_fraction=d.test_fraction, normalize=d.normalize, limit=d.limit,
-                              labelled=d.labelled, class_names=d.class_names, base_dir=recipe.base_dir, **d.options)
+                              labelled=d.labelled, class_names=d.class_names, base_dir=recipe.base_dir, **options)
     unlabelled = "" if bundle.unlabelled is None else f" (+ {len(bundle.unlabelled)} unlabelled training inputs)"
     console.print(f"data: {bundle.name} {tuple(bundle.spec.shape)} × {bundle.spec.num_classes} classes — "
                   f"train {len(bundle.train)}{unlabelled}, val {len(bundle.val)}, test {len(bundle.test)}")

@@ -12,9 +12,11 @@ from torch import nn
 
 from ..compress.quantize import calibration_subset, convert_onnx_fp16, quantize_onnx_dynamic, quantize_with_parity
 from ..data.spec import DataBundle
-from ..deploy.onnx import export_onnx
+from ..deploy.onnx import export_onnx, ort_predict_inputs, ort_session
 from ..deploy.preprocess import attach_metadata, preprocess_spec, raw_inputs, with_preprocessing, write_preprocess_json
+from ..measure import agreement
 from ..recipe import Recipe
+from ..tasks import Classification
 
 STUDENT_FAMILY = ("student", "student_pruned", "student_lowrank")  # fp32 students that get an int8 twin
 
@@ -38,6 +40,8 @@ def export(recipe: Recipe, bundle: DataBundle, run_dir: Path, models: dict[str, 
     files carry the preprocessing in ``metadata_props`` and ``artifacts/preprocess.json`` states it too.
     """
     console = console or Console(quiet=True)
+    if bundle.spec.modality == "text":
+        return export_text(recipe, bundle, run_dir, models, console=console)
     shape = tuple(bundle.spec.shape)
     art = run_dir / "artifacts"
     out: dict[str, Path] = {}
@@ -115,3 +119,59 @@ def parity_split(bundle: DataBundle, seed: int, n: int = 2048) -> tuple[np.ndarr
     take = min(max(0, n - len(x)), len(bundle.train) // 3)  # nothing taken when the validation split fills n
     held = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(seed + 7))[:take]
     return raw_inputs(torch.cat([x, bundle.train.x[held]]), bundle.info.get("normalize")), held
+
+
+TEXT_SKIPS = {"tflite": "TFLite", "executorch": "ExecuTorch", "c_array": "the C array", "fp16": "fp16 ONNX"}
+
+
+def export_text(recipe: Recipe, bundle: DataBundle, run_dir: Path, models: dict[str, nn.Module], *,
+                console: Console | None = None) -> ExportResult:
+    """The artifacts of a text run: ONNX fp32 of each model (int64 ``input_ids`` and ``attention_mask``, dynamic batch
+    and sequence axes), and of each student two int8 twins for ONNX Runtime: static QDQ of its MatMul/Gemm layers,
+    parity-checked like the dense students' (``quantize_with_parity``), and dynamic int8 (weights int8, activations
+    quantized per batch). The tokenizer travels with them as ``artifacts/tokenizer.json``."""
+    console = console or Console(quiet=True)
+    spec, task = bundle.spec, Classification()
+    art = run_dir / "artifacts"
+    q, d = recipe.quantize, recipe.deploy
+    out: dict[str, Path] = {}
+    quant_facts: dict[str, dict] = {}
+    onnx_args = dict(example=task.example_inputs(spec, 2, length=min(16, spec.shape[0])),
+                     input_names=task.input_names(spec), dynamic_axes=task.dynamic_axes(spec))
+    n_check = min(len(bundle.val), 2048)
+    check = {"input_ids": bundle.val.x[:n_check].numpy(), "attention_mask": bundle.val.mask[:n_check].numpy()}
+    calib = calibration_subset(bundle.train.x, bundle.train.y, q.calibration_samples, recipe.seed,
+                               mask=bundle.train.mask)
+    with console.status("exporting to ONNX") as status:
+        for name, model in models.items():
+            status.update(f"exporting {name} to ONNX")
+            out[name] = export_onnx(model.eval(), None, art / f"{name}.onnx", opset=recipe.export.opset, **onnx_args)
+        for name in (n for n in STUDENT_FAMILY if n in models):
+            if q.enabled:
+                status.update(f"int8 static quantization of {name} (ONNX Runtime, QDQ of MatMul/Gemm)")
+                out[f"{name}_int8"], quant_facts[f"{name}_int8"] = quantize_with_parity(
+                    out[name], art / f"{name}.int8.onnx", calib, check, per_channel=q.per_channel,
+                    activation_type=q.activation_type, calibrate_method=q.calibrate_method,
+                    target=q.parity_target, keep_fp32=q.keep_fp32)
+        if q.enabled or d.dynamic_int8:
+            status.update("dynamic int8 student (ONNX Runtime)")
+            out["student_dynamic_int8"] = quantize_onnx_dynamic(out["student"], art / "student.dynamic_int8.onnx",
+                                                                op_types=("MatMul", "Gemm"))
+            ref = ort_predict_inputs(ort_session(out["student"]), check).argmax(1)
+            agree = agreement(ort_predict_inputs(ort_session(out["student_dynamic_int8"]), check).argmax(1), ref)
+            quant_facts["student_dynamic_int8"] = {
+                "method": "dynamic", "agreement": agree, "met": bool(agree >= q.parity_target),
+                "target": q.parity_target, "checked_on": n_check, "activation_type": "dynamic (per batch)",
+                "kept_fp32": []}
+        if bundle.tokenizer is not None:
+            bundle.tokenizer.save(art / "tokenizer.json")
+    skipped = [label for key, label in TEXT_SKIPS.items() if getattr(d, key)]
+    if skipped:
+        console.print(f"[yellow]not exported for text models: {', '.join(skipped)} (token-id graphs go to ONNX "
+                      "Runtime here)[/]")
+    for name, facts in quant_facts.items():
+        console.print(f"{name}: agrees with fp32 on {100 * facts['agreement']:.1f}% of {facts['checked_on']} "
+                      f"validation texts{'' if facts['met'] else ' (below the target)'}")
+    console.print(f"artifacts: {', '.join(p.name for p in out.values())}"
+                  + (", tokenizer.json" if bundle.tokenizer is not None else ""))
+    return ExportResult(out, quant_facts)

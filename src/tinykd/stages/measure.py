@@ -14,15 +14,16 @@ from rich.console import Console
 from torch import nn
 
 from ..data.spec import DataBundle
-from ..deploy.onnx import ort_predict, ort_session
+from ..deploy.onnx import ort_predict, ort_predict_inputs, ort_session
 from ..deploy.preprocess import raw_inputs
 from ..distill.schemes import get_scheme
 from ..distill.trainer import describe_device, resolve_device
 from ..errors import TinyKDError
-from ..inference import predict_logits
 from ..measure import (agreement, classification_metrics, count_macs, count_params, file_bytes, interleaved_latency,
                        ort_timers, torch_timers)
+from ..measure.accuracy import disagreement_examples
 from ..recipe import Recipe
+from ..tasks import Classification
 from ..threads import available_cores, resolve_threads
 from ..version import __version__
 from .common import label
@@ -40,11 +41,13 @@ ARTIFACT_RUNTIMES = {"student_int8": ("ort_int8", "student"), "student_pruned_in
                      "student_pte": ("executorch", "student")}
 
 
-def _runner(runtime: str, path: Path, shape: tuple[int, ...], m) -> tuple:
-    """(predict(raw x) -> logits array, {batch: timed call}) for an artifact in its own runtime."""
+def _runner(runtime: str, path: Path, shape: tuple[int, ...], m, make_inputs=None) -> tuple:
+    """(predict(raw x) -> logits array, {batch: timed call}) for an artifact in its own runtime; ``make_inputs``:
+    the timed inputs of token-id models (``Task.example_inputs``)."""
     if runtime.startswith("ort"):
         sess = ort_session(path, threads=m.threads)
-        return (lambda x: ort_predict(sess, x)), ort_timers(sess, shape, m.batch_sizes)
+        predict = (lambda x: ort_predict_inputs(sess, x)) if make_inputs else (lambda x: ort_predict(sess, x))
+        return predict, ort_timers(sess, shape, m.batch_sizes, make_inputs=make_inputs)
     if runtime.startswith("tflite"):
         from ..deploy.tflite import tflite_predict, tflite_timer
 
@@ -63,23 +66,33 @@ def measure(recipe: Recipe, bundle: DataBundle, run_dir: Path, models: dict[str,
     m, spec, test = recipe.measure, bundle.spec, bundle.test
     shape = tuple(spec.shape)
     y = test.y.numpy()
-    raw_test = raw_inputs(test.x, bundle.info.get("normalize"))
+    task = Classification()
+    text = spec.modality == "text"
+    if text:  # token ids: timed and counted at the stated sequence length, test texts at their own lengths
+        length = m.sequence_length or spec.shape[0]
+        make_inputs = lambda b: task.example_inputs(spec, b, length=length)  # noqa: E731
+        raw_test = (test.x, test.mask)
+        onnx_predict = ort_predict_inputs
+    else:
+        make_inputs = None
+        raw_test = raw_inputs(test.x, bundle.info.get("normalize"))
+        onnx_predict = ort_predict
     preds: dict[str, np.ndarray] = {}
     timers: dict[str, dict[str, dict]] = {}
     extras: dict[str, dict] = {}
     with console.status("measuring accuracy") as status:
         for name, model in models.items():
             status.update(f"accuracy of {name}")
-            preds[name] = predict_logits(model, test.x).argmax(1).numpy()
+            preds[name] = task.predict(model, test).argmax(1).numpy()
             sess = ort_session(artifacts[name], threads=m.threads)
-            timers[name] = {"pytorch": torch_timers(model, shape, m.batch_sizes),
-                            "ort_fp32": ort_timers(sess, shape, m.batch_sizes)}
-            extras[name] = {"onnx_agreement": agreement(ort_predict(sess, raw_test).argmax(1), preds[name])}
+            timers[name] = {"pytorch": torch_timers(model, shape, m.batch_sizes, make_inputs=make_inputs),
+                            "ort_fp32": ort_timers(sess, shape, m.batch_sizes, make_inputs=make_inputs)}
+            extras[name] = {"onnx_agreement": agreement(onnx_predict(sess, raw_test).argmax(1), preds[name])}
         for name, (runtime, source) in ARTIFACT_RUNTIMES.items():
             if name not in artifacts:
                 continue
             status.update(f"accuracy of {name}")
-            predict, timer = _runner(runtime, artifacts[name], shape, m)
+            predict, timer = _runner(runtime, artifacts[name], shape, m, make_inputs)
             timers[name] = {runtime: timer}
             preds[name] = predict(raw_test).argmax(1)
             agree = agreement(preds[name], preds[source])
@@ -101,7 +114,8 @@ def measure(recipe: Recipe, bundle: DataBundle, run_dir: Path, models: dict[str,
             model = models[name]
             variants[name] = _variant(name, preds[name], y, spec, latency, "pytorch",
                                       model_name=_model_name(recipe, name, model), params=count_params(model),
-                                      macs=count_macs(model, shape), artifact=artifacts[name], run_dir=run_dir,
+                                      macs=count_macs(model, shape, inputs=make_inputs(1) if text else None),
+                                      artifact=artifacts[name], run_dir=run_dir,
                                       extra=extras[name])
             sparsity = _sparsity(model)
             if sparsity > 0.01:
@@ -129,6 +143,14 @@ def measure(recipe: Recipe, bundle: DataBundle, run_dir: Path, models: dict[str,
         console.print(f"[yellow]latency: {len(out['latency_quality']['noisy'])} of "
                       f"{sum(len(per) for per in timed.values())} timings were noisy (p90 / median or the spread across rounds too high): another process "
                       "competed for the cores; rerun on an idle machine before trusting the speed-ups[/]")
+    if text:
+        out["inputs"] = {"kind": "token ids", "sequence_length": length,
+                         "what": f"latency and MACs per text of {length} tokens; accuracy on the test texts as they are"}
+        texts = (bundle.texts or {}).get("test")
+        if texts:
+            out["examples"] = disagreement_examples(texts, y, preds["teacher"], preds[deploy["variant"]],
+                                                    list(spec.class_names)) | {"student_variant": deploy["variant"]}
+        return out  # no microcontroller fit: token-id graphs are not TensorFlow Lite Micro models here
     fit = _mcu(recipe, artifacts, variants, console)
     if fit:
         out["mcu"] = fit
