@@ -25,11 +25,33 @@ HF_KWARGS: dict[str, object] = {"vocab_size": 0, "new_head": False}
 def require_transformers():
     """The transformers module, or a TinyKDError naming the extra that installs it."""
     try:
+        _import_quietly()
         import transformers
     except ImportError:
         raise TinyKDError("this model needs Hugging Face transformers, which is not installed",
                           f"install the text extra: {TEXT_EXTRA}") from None
     return transformers
+
+
+def _import_quietly() -> None:
+    """Import transformers with the optional torchao it loads silenced: its missing GPU kernels and torch's
+    notes on its enums are not the user's concern on a CPU run."""
+    import logging
+    import warnings
+
+    names = ("torchao", "torch.utils._pytree")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import transformers  # noqa: F401
+            from transformers import BertForSequenceClassification  # noqa: F401 (pulls torchao in when installed)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 class HFClassifier(nn.Module):
