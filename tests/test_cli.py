@@ -43,6 +43,13 @@ def test_layers_lists_paths_and_shapes(capsys):
     assert code == 2 and "--in-shape" in err
 
 
+def test_layers_of_a_token_model_run_on_token_ids(capsys):
+    pytest.importorskip("transformers")
+    code, out, _ = _run(capsys, "layers", "transformer_tiny", "--in-shape", "16", "--kw", "vocab_size=500")
+    assert code == 0 and "input (16,)" in out
+    assert re.search(r"model\.bert\.encoder\.layer\.1\s+.*BertLayer\s+.*\(1, 16, 128\)", out)
+
+
 def test_methods_and_registries(capsys):
     code, out, _ = _run(capsys, "methods")
     assert code == 0 and "kd" in out and "Hinton" in out and "temperature=4.0" in out

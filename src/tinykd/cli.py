@@ -136,8 +136,22 @@ def cmd_layers(args, console: Console) -> int:
     from .distill.capture import list_layers
     from .models import count_params, create_model
 
-    in_shape, num_classes = _shape_args(args)
-    model = create_model(args.model, num_classes=num_classes, in_shape=in_shape, **_kv(args.kw))
+    from .models import accepts
+
+    kwargs = _kv(args.kw)
+    inputs = None
+    if accepts(args.model, "vocab_size"):  # a token model: ids of --in-shape length (default 64) from a vocabulary
+        from .data.spec import InputSpec
+        from .tasks import Classification
+
+        in_shape = _shape_args(args)[0] if args.in_shape else (64,)
+        num_classes = args.num_classes or 2
+        kwargs.setdefault("vocab_size", 8000)
+        spec = InputSpec(in_shape, num_classes, "text", vocab_size=kwargs["vocab_size"])
+        inputs = Classification().example_inputs(spec, 1)
+    else:
+        in_shape, num_classes = _shape_args(args)
+    model = create_model(args.model, num_classes=num_classes, in_shape=in_shape, **kwargs)
     table = Table(title=f"{args.model}: input {in_shape}, {num_classes} classes, {count_params(model):,} parameters",
                   title_justify="left")
     table.add_column("path")
@@ -145,7 +159,7 @@ def cmd_layers(args, console: Console) -> int:
     table.add_column("output shape (batch 1)")
     table.add_column("params", justify="right")
     modules = dict(model.named_modules())
-    for path, kind, shape in list_layers(model, in_shape):
+    for path, kind, shape in list_layers(model, in_shape, inputs=inputs):
         n = sum(p.numel() for p in modules[path].parameters())
         table.add_row(path, kind, "—" if shape is None else str(tuple(shape)), f"{n:,}")
     console.print(table)
@@ -257,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     lay = sub.add_parser("layers", help="list a model's module paths with output shapes (for feature losses)")
     lay.add_argument("model", help="registered model name, e.g. cnn or resnet20 (see `tinykd models`)")
     lay.add_argument("--dataset", default="mnist5k", help="take the input shape and classes from this dataset")
-    lay.add_argument("--in-shape", help="input shape without batch, e.g. 1,28,28 (overrides --dataset)")
+    lay.add_argument("--in-shape", help="input shape without batch, e.g. 1,28,28 (overrides --dataset); for a token "
+                     "model (transformer, hf:) the sequence length, default 64")
     lay.add_argument("--num-classes", type=int, help="number of output classes (default: the dataset's, or 10 "
                      "with --in-shape)")
     lay.add_argument("--kw", nargs="*", default=[], help="model kwargs, e.g. widths=[8,16] hidden=32")

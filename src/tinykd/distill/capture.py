@@ -80,8 +80,10 @@ def forward_with_features(model: nn.Module, x: torch.Tensor | Batch, paths: list
         return cap(*args, mask=mask)
 
 
-def list_layers(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[str, str, tuple[int, ...] | None]]:
-    """(path, module type, output shape for batch 1) of every named submodule, in execution order."""
+def list_layers(model: nn.Module, in_shape: tuple[int, ...], *, inputs: tuple[torch.Tensor, ...] | None = None
+                ) -> list[tuple[str, str, tuple[int, ...] | None]]:
+    """(path, module type, output shape for batch 1) of every named submodule, in execution order; the model runs on
+    zeros of ``in_shape``, or on the given batch-1 ``inputs`` (token ids and a mask)."""
     shapes: dict[str, tuple[int, ...] | None] = {}
     order: list[str] = []
     handles = []
@@ -97,7 +99,9 @@ def list_layers(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[str, 
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *in_shape, device=module_device(model)))
+            device = module_device(model)
+            model(*(tuple(t.to(device) for t in inputs) if inputs is not None
+                    else (torch.zeros(1, *in_shape, device=device),)))
     finally:
         for h in handles:
             h.remove()
