@@ -14,7 +14,7 @@ The run folder (claiming, status.json, resume) is ``stages.rundir``; small share
 The package's names are the functions: ``tinykd.stages.export`` is ``export()``, and its module is reached by
 ``from tinykd.stages.export import ExportResult`` or ``importlib.import_module("tinykd.stages.export")``.
 """
-from .common import LABELS, EnergyTracker, build_terms, label
+from .common import LABELS, EnergyTracker, build_terms, label, trained_weights
 from .compress import CompressResult, compress
 from .data import load_data
 from .distill import DistillResult, ScratchResult, distill, train_scratch
@@ -25,4 +25,4 @@ from .teacher import TeacherResult, train_teacher
 
 __all__ = ["CLAIMS", "LABELS", "PARITY_MIN", "CompressResult", "DistillResult", "EnergyTracker", "ExportResult",
            "ScratchResult", "TeacherResult", "build_terms", "compress", "distill", "export", "label", "load_data",
-           "measure", "preflight", "train_scratch", "train_teacher"]
+           "measure", "preflight", "train_scratch", "train_teacher", "trained_weights"]

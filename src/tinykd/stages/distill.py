@@ -27,6 +27,7 @@ class ScratchResult:
 
     student: nn.Module
     history: list[dict]
+    folder: Path  # its checkpoints (trained_weights)
 
 
 @dataclass
@@ -40,7 +41,9 @@ class DistillResult:
     calibration: np.ndarray | None  # int8 calibration inputs the scheme asks for (None: a training subset)
     models: dict[str, nn.Module]  # the scheme's extra variants (teacher_2, assistant1, peer_2, ...), then "student"
     recipe: Recipe  # the recipe as the scheme resolved it (e.g. the automatic assistant filled in)
-    result: TrainResult
+    result: TrainResult  # the student's training: best epoch, its validation accuracy, rows
+    trained: nn.Module  # what the trainer trained and checkpointed: the student, or the group it trained in
+    folders: dict[str, Path]  # the checkpoint folder of each model trained here (trained_weights), by variant
 
 
 def train_scratch(recipe: Recipe, bundle: DataBundle, run_dir: Path, *, student: nn.Module | None = None,
@@ -55,7 +58,7 @@ def train_scratch(recipe: Recipe, bundle: DataBundle, run_dir: Path, *, student:
         res = Trainer(scratch, ce_terms(recipe.student.train), recipe.student.train, out_dir=run_dir / "student_scratch",
                       label="student_scratch", seed=recipe.seed, console=console, progress=progress
                       ).fit(bundle.train, bundle.val)
-    return ScratchResult(scratch, res.history)
+    return ScratchResult(scratch, res.history, Path(run_dir) / "student_scratch")
 
 
 def scheme_context(recipe: Recipe, bundle: DataBundle, run_dir: Path, *, tracked: EnergyTracker | None = None,
@@ -72,12 +75,13 @@ def scheme_context(recipe: Recipe, bundle: DataBundle, run_dir: Path, *, tracked
         terms=lambda: build_terms(recipe), resolve_dir=lambda path: resolve_dir(path, recipe.base_dir))
 
 
-def distill(recipe: Recipe, bundle: DataBundle, run_dir: Path, teacher: nn.Module, *,
+def distill(recipe: Recipe, bundle: DataBundle, run_dir: Path, teacher: nn.Module | None, *,
             student: nn.Module | None = None, terms: list | None = None, tracked: EnergyTracker | None = None,
             console: Console | None = None, progress: bool = True) -> DistillResult:
-    """A fresh student distilled from the frozen ``teacher`` in ``run_dir/student`` with ``distill.losses`` (or
-    ``terms``, already built), by the recipe's scheme; transfer inputs and a labelling budget's unlabelled inputs
-    are labelled by the teacher."""
+    """A fresh student (the recipe's, or a copy of the module ``student``) distilled from the frozen ``teacher`` in
+    ``run_dir/student`` with ``distill.losses`` (or ``terms``, already built), by the recipe's scheme; transfer
+    inputs and a labelling budget's unlabelled inputs are labelled by the teacher. Schemes without a teacher in the
+    loop (online, self) take ``teacher=None``."""
     console = console or Console(quiet=not progress)
     tracked = tracked or EnergyTracker(recipe, run_dir)
     terms = build_terms(recipe) if terms is None else terms
@@ -95,7 +99,8 @@ def distill(recipe: Recipe, bundle: DataBundle, run_dir: Path, teacher: nn.Modul
     facts = scheme.finish(source, res, distilled)
     return DistillResult(distilled, scheme.history + res.history, facts, helper_params,
                          scheme.calibration(recipe.quantize.calibration_samples), {**scheme.models, "student": distilled},
-                         recipe.model_copy(update={"distill": scheme.resolved(recipe.distill)}), res)
+                         recipe.model_copy(update={"distill": scheme.resolved(recipe.distill)}), res, trained,
+                         {**scheme.folders, "student": Path(run_dir) / "student"})
 
 
 def distill_inputs(recipe: Recipe, bundle: DataBundle, terms: list, console: Console) -> torch.Tensor | None:

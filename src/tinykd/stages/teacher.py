@@ -21,6 +21,7 @@ class TeacherResult:
 
     teacher: nn.Module
     history: list[dict]
+    folder: Path | None = None  # where it trained (checkpoints); None when loaded from teacher.checkpoint
     pruned: nn.Module | None = None  # compress.prune_teacher: the pruned copy, frozen
     prune_rows: list[dict] | None = None  # one row per pruning step (metrics.json compression.prune_teacher)
 
@@ -65,7 +66,8 @@ def train_teacher(recipe: Recipe, bundle: DataBundle, run_dir: Path, *, teacher:
     tracked = tracked or EnergyTracker(recipe, run_dir)
     model = teacher or create(recipe.teacher.model, recipe.teacher.kwargs, bundle.spec, "teacher", recipe.seed)
     out = TeacherResult(model, train_or_load(model, recipe.teacher, "teacher", "teacher", recipe, bundle, run_dir,
-                                             tracked=tracked, console=console, progress=progress))
+                                             tracked=tracked, console=console, progress=progress),
+                        None if recipe.teacher.checkpoint else Path(run_dir) / "teacher")
     cfg = recipe.compress.prune_teacher
     if cfg is not None:
         with tracked("teacher_pruned"):

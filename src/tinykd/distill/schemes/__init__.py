@@ -8,8 +8,12 @@
 * ``online`` (online.py): ``Peers`` + the ``dml`` / ``peer_ensemble`` loss terms;
 * ``self`` (selfdistill.py): the ``byot`` / ``pskd`` loss terms, ``EarlyExits``, ``born_again``.
 
-Importing this package registers the schemes (in the order above) and the loss terms above.
+Importing this package registers the schemes (in the order above, then any other module of this folder, so a new
+scheme is one file with its ``@register_scheme`` class) and the loss terms above.
 """
+import importlib
+import pkgutil
+
 from ..cache import TeacherCache
 from ..sources import BatchSource, ModuleTeacher, TeacherSource
 from .base import Scheme, SchemeContext, SchemeFigure, SchemeReport
@@ -21,6 +25,10 @@ from .datafree import (BNStatistics, DAFLBatches, DataFree, Generator, dafl_loss
                        inversion_losses, invert_batch, save_grid)
 from .online import DML, Online, PeerEnsemble, Peers, peer_accuracies
 from .selfdistill import BYOT, PSKD, EarlyExits, SelfDistill, born_again
+
+for _module in pkgutil.iter_modules(__path__):  # a scheme added as its own file registers itself
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module
 
 __all__ = ["Assistant", "BYOT", "BNStatistics", "BatchSource", "DAFLBatches", "DML", "DataFree", "EarlyExits",
            "Generator", "ModuleTeacher", "MultiHint", "MultiTeacher", "Offline", "Online", "PSKD", "PeerEnsemble",

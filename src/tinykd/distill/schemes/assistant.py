@@ -199,6 +199,7 @@ class Assistant(Scheme):
                               progress=ctx.progress)
         for st in chain[1:]:
             self.models[st.label] = st.model.requires_grad_(False)
+            self.folders[st.label] = st.out_dir
             state = st.out_dir / "last.json"
             if state.is_file():
                 self.history += read_json(state).get("history", [])

@@ -130,6 +130,7 @@ class Scheme:
         self.facts: dict = {"name": self.name}
         self.models: dict[str, nn.Module] = {}  # extra variants, in the order they are measured
         self.history: list[dict] = []  # training rows of the extra models
+        self.folders: dict[str, Path] = {}  # where each extra model trained (its checkpoints)
 
     def prepare(self, teacher: nn.Module, student: nn.Module) -> Prepared:
         """(teacher source, batch source or None, training split or None) for the distilled student."""

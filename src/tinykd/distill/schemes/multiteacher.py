@@ -72,6 +72,8 @@ class MultiTeacher(Scheme):
             model = ctx.build(cfg.model, cfg.kwargs, where, ctx.recipe.seed + i)
             self.history += ctx.train_or_load(model, cfg, label, where)
             self.models[label] = model
+            if not cfg.checkpoint:
+                self.folders[label] = ctx.run_dir / label
             members.append(model)
             labels.append(label)
         temperature = kd_temperature(d.losses)
