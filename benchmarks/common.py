@@ -1,6 +1,7 @@
 """Shared pieces of the benchmark scripts: train one configuration, evaluate best and last, write tables."""
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -12,12 +13,10 @@ import torch
 from rich.console import Console
 
 from tinykd.data.spec import DataBundle
-from tinykd.distill.losses import build_loss
-from tinykd.distill.trainer import Trainer
 from tinykd.inference import predict_logits
-from tinykd.io import load_tensors
-from tinykd.models import count_params, create_model
-from tinykd.recipe import MixupConfig, TrainConfig
+from tinykd.models import create_model
+from tinykd.recipe import MixupConfig, TrainConfig, load_recipe
+from tinykd.stages import distill, trained_weights
 
 
 @dataclass
@@ -36,26 +35,27 @@ def train(model_name: str, kwargs: dict, data: DataBundle, cfg: TrainConfig, los
           teacher: torch.nn.Module | None = None, transfer: torch.Tensor | None = None,
           mixup: MixupConfig | None = None, console: Console | None = None,
           keep: str = "best") -> tuple[torch.nn.Module, Outcome]:
-    """Train a fresh ``model_name`` with weighted loss terms; return it and its outcome. The returned model carries
-    the weights of the best validation epoch (``keep="best"``) or of the last epoch (``keep="last"``)."""
+    """Train a fresh ``model_name`` with weighted loss terms through the distillation stage (``tinykd.stages.distill``,
+    scheme offline; ``transfer``: unlabelled inputs the teacher labels); return it and its outcome. The returned
+    model carries the weights of the best validation epoch (``keep="best"``) or of the last epoch (``keep="last"``)."""
     torch.manual_seed(seed)
     model = create_model(model_name, num_classes=data.spec.num_classes, in_shape=tuple(data.spec.shape), **kwargs)
-    terms = [(spec.get("weight", 1.0), build_loss(spec["name"], {k: v for k, v in spec.items() if k not in ("name", "weight")}))
-             for spec in losses]
+    recipe = load_recipe({"seed": seed, "student": {"model": model_name, "kwargs": kwargs, "train": cfg.model_dump()},
+                          "distill": {"losses": losses, "scratch_baseline": False,
+                                      "mixup": None if mixup is None else mixup.model_dump()}})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = Trainer(model, terms, cfg, out_dir=Path(tmp), label=model_name, seed=seed, teacher=teacher,
-                      console=console or Console(quiet=True), progress=False, transfer=transfer, mixup=mixup).fit(data.train, data.val)
+        res = distill(recipe, dataclasses.replace(data, unlabelled=transfer), Path(tmp), teacher, student=model,
+                      console=console or Console(quiet=True), progress=False)
         elapsed = time.perf_counter() - t0
+        model = res.student
         best = test_accuracy(model, data)
-        last_state = {k[6:]: v for k, v in load_tensors(Path(tmp) / "last.safetensors").items() if k.startswith("model.")}
         best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(last_state)
+        model.load_state_dict(trained_weights(res.folders["student"], "last"))
         last = test_accuracy(model, data)
         if keep == "best":
             model.load_state_dict(best_state)
-    helper = sum(count_params(t) for _, t in terms)
-    return model.eval(), Outcome(best, last, elapsed / len(res.history), helper)
+    return model.eval(), Outcome(best, last, elapsed / len(res.result.history), res.helper_params)
 
 
 def mean_std(values: list[float]) -> str:

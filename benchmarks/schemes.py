@@ -8,16 +8,21 @@ Every row is a mean ± std over seeds of the test accuracy at the best validatio
 
 ``--quick`` is a smoke run (tiny budgets, one seed, written to results/schemes_quick.md); it checks that every
 scheme runs, not how well.
+
+Every run goes through the public stages (``tinykd.stages``: train_teacher, train_scratch, distill with the
+recipe's scheme), as a recipe would run it: online peers, the assistant and DeepInversion take the scheme's own
+initialisation and settings (peer k seeded seed + 200 + k, the assistant seed + 101, inversion batches of up to 256
+with invert_batch's default priors), where results/schemes.md was made when this script wired them by hand.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,14 +33,10 @@ from torch import nn
 from common import mean_std
 from tinykd.data import load_dataset
 from tinykd.data.spec import DataBundle, Split
-from tinykd.distill.losses import build_loss
-from tinykd.distill.schemes import (DAFLBatches, Peers, TeacherCache, TeacherEnsemble, assistant_kwargs,
-                                    deep_inversion, distill_chain, save_grid)
-from tinykd.distill.trainer import Trainer
 from tinykd.inference import predict_logits
-from tinykd.io import load_tensors
 from tinykd.models import count_params, create_model
-from tinykd.recipe import TrainConfig
+from tinykd.recipe import Recipe, TrainConfig, load_recipe
+from tinykd.stages import distill, train_scratch, train_teacher, trained_weights
 
 RESULTS = Path(__file__).with_name("results")
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -51,42 +52,74 @@ QUICK = dict(seeds=[0], limit=400, epochs_1d=2, teacher_epochs_1d=2, epochs_img=
              deepinversion=1, di_samples=64, di_iterations=10, di_epochs=2)
 
 
-# ----- one training run ---------------------------------------------------------------------------
+# ----- one training run, through the public stages ----------------------------------------------
 @dataclass
 class Run:
-    """A trained model with its best-validation and last-epoch weights."""
+    """A trained model with its best-validation and last-epoch weights (of ``holder``: the model, or the group of
+    peers it trained in)."""
 
     model: nn.Module
     best: dict
     last: dict
     history: list = field(repr=False)
+    holder: nn.Module | None = None
+    folder: Path | None = None  # its checkpoints
 
     @property
     def seconds_per_epoch(self) -> float:
         return statistics.mean(r["seconds"] for r in self.history)
 
-    def accuracy(self, split: Split, which: str = "best", view: Callable[[nn.Module], nn.Module] = lambda m: m) -> float:
-        """Top-1 on ``split`` of ``view(model)`` with the ``which`` weights (the model keeps its best weights)."""
-        self.model.load_state_dict(getattr(self, which))
+    def accuracy(self, split: Split, which: str = "best") -> float:
+        """Top-1 on ``split`` with the ``which`` weights (the model keeps its best weights)."""
+        holder = self.holder or self.model
+        holder.load_state_dict(getattr(self, which))
         try:
-            return (predict_logits(view(self.model), split.x).argmax(1) == split.y).float().mean().item()
+            return (predict_logits(self.model, split.x).argmax(1) == split.y).float().mean().item()
         finally:
-            self.model.load_state_dict(self.best)
+            holder.load_state_dict(self.best)
 
 
-def last_weights(folder: Path) -> dict:
-    return {k[6:]: v for k, v in load_tensors(folder / "last.safetensors").items() if k.startswith("model.")}
+class Stages:
+    """Runs the stages (``tinykd.stages``) of one experiment, each in its own folder under a temporary root."""
+
+    def __init__(self, root: Path):
+        self.root, self.count = Path(root), 0
+
+    def folder(self) -> Path:
+        self.count += 1
+        return self.root / f"run{self.count}"
+
+    @staticmethod
+    def recipe(student: tuple[str, dict], cfg: TrainConfig, seed: int, *, losses: list[dict] | None = None,
+               teacher: tuple[str, dict] | None = None, **distill_section) -> Recipe:
+        """A recipe of ``student`` (and ``teacher``) trained with ``cfg``; ``distill_section``: scheme, peers, ..."""
+        model = lambda spec: {"model": spec[0], "kwargs": spec[1], "train": cfg.model_dump()}  # noqa: E731
+        return load_recipe({"seed": seed, "student": model(student), **({"teacher": model(teacher)} if teacher else {}),
+                            "distill": {"losses": losses or KD, "scratch_baseline": False, **distill_section}})
+
+    def teacher(self, spec: tuple[str, dict], cfg: TrainConfig, data: DataBundle, seed: int, init_seed: int) -> Run:
+        """``train_teacher``: the teacher ``spec`` (initialised with ``init_seed``) on the labels."""
+        t = train_teacher(self.recipe(spec, cfg, seed, teacher=spec), data, self.folder(),
+                          teacher=build(*spec, data, init_seed), progress=False)
+        return Run(t.teacher, _copy(t.teacher), trained_weights(t.folder, "last"), t.history, folder=t.folder)
+
+    def scratch(self, spec: tuple[str, dict], cfg: TrainConfig, data: DataBundle, seed: int) -> Run:
+        """``train_scratch``: the student ``spec`` on the labels."""
+        s = train_scratch(self.recipe(spec, cfg, seed), data, self.folder(), student=build(*spec, data, seed),
+                          progress=False)
+        return Run(s.student, _copy(s.student), trained_weights(s.folder, "last"), s.history, folder=s.folder)
+
+    def distill(self, recipe: Recipe, data: DataBundle, teacher: nn.Module | None, init_seed: int) -> tuple[Run, object]:
+        """``distill``: the recipe's student (initialised with ``init_seed``) taught by its scheme; the Run and the
+        DistillResult (its extra models, folders and facts)."""
+        d = distill(recipe, data, self.folder(), teacher, student=build(recipe.student.model, recipe.student.kwargs,
+                                                                         data, init_seed), progress=False)
+        return Run(d.student, _copy(d.trained), trained_weights(d.folders["student"], "last"), d.result.history,
+                   d.trained, d.folders["student"]), d
 
 
-def fit(model: nn.Module, terms: list, cfg: TrainConfig, data: DataBundle, *, seed: int, teacher=None,
-        batches=None, train: Split | None | str = "data", label: str = "model") -> Run:
-    """Train ``model`` with the one Trainer in a temporary folder; keep its best and last weights."""
-    with tempfile.TemporaryDirectory() as tmp:
-        res = Trainer(model, terms, cfg, out_dir=Path(tmp), label=label, seed=seed, teacher=teacher, batches=batches,
-                      progress=False, console=Console(quiet=True)).fit(data.train if train == "data" else train, data.val)
-        last = last_weights(Path(tmp))
-    model.eval()
-    return Run(model, {k: v.clone() for k, v in model.state_dict().items()}, last, res.history)
+def _copy(model: nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def build(name: str, kwargs: dict, data: DataBundle, seed: int) -> nn.Module:
@@ -94,12 +127,11 @@ def build(name: str, kwargs: dict, data: DataBundle, seed: int) -> nn.Module:
     return create_model(name, num_classes=data.spec.num_classes, in_shape=tuple(data.spec.shape), **kwargs)
 
 
-def ce() -> list:
-    return [(1.0, build_loss("ce", {}))]
+def kd(temperature: float = 4.0, alpha: float = 0.9) -> list[dict]:
+    return [{"name": "kd", "temperature": temperature, "alpha": alpha}]
 
 
-def kd(temperature: float = 4.0, alpha: float = 0.9) -> list:
-    return [(1.0, build_loss("kd", {"temperature": temperature, "alpha": alpha}))]
+KD = kd()
 
 
 class Table:
@@ -116,9 +148,9 @@ class Table:
         if seconds is not None:
             row["seconds"].append(seconds)
 
-    def add_run(self, experiment: str, method: str, run: Run, split: Split, view=lambda m: m) -> None:
-        self.add(experiment, method, run.accuracy(split, "best", view), run.accuracy(split, "last", view),
-                 run.seconds_per_epoch, count_params(view(run.model)))
+    def add_run(self, experiment: str, method: str, run: Run, split: Split) -> None:
+        self.add(experiment, method, run.accuracy(split, "best"), run.accuracy(split, "last"),
+                 run.seconds_per_epoch, count_params(run.model))
 
     def markdown(self) -> list[str]:
         lines = ["| experiment | model / scheme | params | test acc % (best val epoch) | test acc % (last epoch) | "
@@ -133,148 +165,145 @@ class Table:
 
 
 # ----- experiments --------------------------------------------------------------------------------
-def online(table: Table, data: DataBundle, cfg: TrainConfig, seed: int) -> None:
-    """Deep mutual learning of two different peers vs each trained alone; a 3-peer on-the-fly ensemble."""
+def online(table: Table, st: Stages, data: DataBundle, cfg: TrainConfig, seed: int) -> None:
+    """Deep mutual learning of two different peers vs each trained alone; a 3-peer on-the-fly ensemble
+    (scheme online: the student is peer 0, ``distill.peers`` the others)."""
     peers = {"cnn1d": ("cnn1d", {"widths": [16, 16, 16]}), "mlp": ("mlp", {"hidden": [128]})}
-    for name, (model, kwargs) in peers.items():
-        table.add_run("DML (MNIST-1D)", f"{name} alone", fit(build(model, kwargs, data, seed), ce(), cfg, data,
-                                                                seed=seed), data.test)
-    for order in (["cnn1d", "mlp"], ["mlp", "cnn1d"]):  # peer 0 picks the best epoch: train each one as peer 0
-        group = Peers([build(*peers[n], data, seed + k) for k, n in enumerate(order)])
-        run = fit(group, [(1.0, build_loss("dml", {"peers": 2}))], cfg, data, seed=seed)
-        table.add_run("DML (MNIST-1D)", f"{order[0]} in DML with {order[1]}", run, data.test, lambda m: m.peer(0))
-    group = Peers([build(*peers["cnn1d"], data, seed + k) for k in range(2)])  # the paper's setting: two alike
-    run = fit(group, [(1.0, build_loss("dml", {"peers": 2}))], cfg, data, seed=seed)
-    table.add_run("DML (MNIST-1D)", "cnn1d in DML with another cnn1d", run, data.test, lambda m: m.peer(0))
-    group = Peers([build(*peers["cnn1d"], data, seed + k) for k in range(3)])
-    run = fit(group, [(1.0, build_loss("peer_ensemble", {"peers": 3}))], cfg, data, seed=seed)
-    table.add_run("DML (MNIST-1D)", "cnn1d in a 3-peer on-the-fly ensemble (ONE/KDCL)", run, data.test,
-                  lambda m: m.peer(0))
+    for name, spec in peers.items():
+        table.add_run("DML (MNIST-1D)", f"{name} alone", st.scratch(spec, cfg, data, seed), data.test)
+
+    def group(student: tuple[str, dict], others: list[tuple[str, dict]], term: dict) -> Run:
+        recipe = st.recipe(student, cfg, seed, losses=[term], scheme="online",
+                           peers=[{"model": m, "kwargs": kw, "train": cfg.model_dump()} for m, kw in others])
+        return st.distill(recipe, data, None, seed)[0]
+
+    for a, b in (["cnn1d", "mlp"], ["mlp", "cnn1d"]):  # peer 0 picks the best epoch: train each one as peer 0
+        table.add_run("DML (MNIST-1D)", f"{a} in DML with {b}",
+                      group(peers[a], [peers[b]], {"name": "dml", "peers": 2}), data.test)
+    # the paper's setting: two alike (no peers listed: a copy of the student, initialised differently)
+    table.add_run("DML (MNIST-1D)", "cnn1d in DML with another cnn1d",
+                  group(peers["cnn1d"], [], {"name": "dml", "peers": 2}), data.test)
+    table.add_run("DML (MNIST-1D)", "cnn1d in a 3-peer on-the-fly ensemble (ONE/KDCL)",
+                  group(peers["cnn1d"], [peers["cnn1d"]] * 2, {"name": "peer_ensemble", "peers": 3}), data.test)
 
 
-def multi_teacher(table: Table, data: DataBundle, cfg: TrainConfig, teacher_cfg: TrainConfig, seed: int) -> None:
-    """Three heterogeneous teachers: KD from their ensemble vs from the best single teacher (by val accuracy)."""
+def multi_teacher(table: Table, st: Stages, data: DataBundle, cfg: TrainConfig, teacher_cfg: TrainConfig,
+                  seed: int) -> None:
+    """Three heterogeneous teachers: KD from their ensemble (scheme multi_teacher, the other two teachers loaded
+    from their checkpoints) vs from the best single teacher (by val accuracy)."""
     specs = {"cnn1d 64×3": ("cnn1d", {"widths": [64, 64, 64]}), "cnn1d k9 pooled": ("cnn1d", {"widths": [32, 32],
              "kernel_size": 9, "stride": 1, "pool": 2}), "mlp 512-256": ("mlp", {"hidden": [512, 256]})}
-    teachers, val_acc = [], []
+    teachers, val_acc, saved = [], [], []
     for i, (name, spec) in enumerate(specs.items()):
-        run = fit(build(*spec, data, seed + 10 * i), ce(), teacher_cfg, data, seed=seed)
+        run = st.teacher(spec, teacher_cfg, data, seed, seed + 10 * i)
         table.add_run("multi-teacher (MNIST-1D)", f"teacher: {name}", run, data.test)
-        teachers.append(run.model.eval())
+        teachers.append(run.model)
         val_acc.append(run.accuracy(data.val))
+        saved.append({"model": spec[0], "kwargs": spec[1], "checkpoint": str(run.folder / "best.safetensors")})
     student = ("cnn1d", {"widths": [8, 8, 8]})
-    table.add_run("multi-teacher (MNIST-1D)", "student cnn1d 8×3 from labels",
-                  fit(build(*student, data, seed), ce(), cfg, data, seed=seed), data.test)
+    table.add_run("multi-teacher (MNIST-1D)", "student cnn1d 8×3 from labels", st.scratch(student, cfg, data, seed),
+                  data.test)
     best = max(range(3), key=lambda i: val_acc[i])
     table.add_run("multi-teacher (MNIST-1D)", "student + KD from the best single teacher",
-                  fit(build(*student, data, seed), kd(), cfg, data, seed=seed, teacher=teachers[best]), data.test)
+                  st.distill(st.recipe(student, cfg, seed), data, teachers[best], seed)[0], data.test)
     for weights in ("mean", "label"):
-        ens = TeacherEnsemble(teachers, weights=weights, temperature=4.0)
+        recipe = st.recipe(student, cfg, seed, scheme="multi_teacher", teachers=saved[1:], teacher_weights=weights)
         table.add_run("multi-teacher (MNIST-1D)", f"student + KD from the 3-teacher ensemble ({weights} weights)",
-                      fit(build(*student, data, seed), kd(), cfg, data, seed=seed, teacher=ens), data.test)
+                      st.distill(recipe, data, teachers[0], seed)[0], data.test)
 
 
-def assistant(table: Table, data: DataBundle, cfg: TrainConfig, teacher_cfg: TrainConfig, seed: int) -> None:
-    """ResNet-20 → tiny CNN directly, vs through an assistant of the geometric-mean size (a wider tiny CNN)."""
+def assistant(table: Table, st: Stages, data: DataBundle, cfg: TrainConfig, teacher_cfg: TrainConfig,
+              seed: int) -> None:
+    """ResNet-20 → tiny CNN directly, vs through an assistant of the geometric-mean size (scheme assistant with no
+    assistant listed: the student's family at the width nearest √(P_teacher · P_student))."""
     student = ("cnn", {"widths": [4, 8], "hidden": 16})
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        teacher = build("resnet20", {}, data, seed)
-        s_params = count_params(build(*student, data, seed))
-        (ta_kwargs,) = assistant_kwargs("cnn", student[1], width_arg="widths", num_classes=data.spec.num_classes,
-                                        in_shape=tuple(data.spec.shape), teacher_params=count_params(teacher),
-                                        student_params=s_params)
-        # The teacher's stage is shared by both chains (same folder: the second chain reuses it).
-        direct = distill_chain([("teacher", teacher), ("student", build(*student, data, seed))], data.train, data.val,
-                               cfg, out_dir=tmp / "chain", first_cfg=teacher_cfg, seed=seed)
-        via = distill_chain([("teacher", build("resnet20", {}, data, seed)), ("assistant", build("cnn", ta_kwargs, data, seed)),
-                             ("student", build(*student, data, seed))], data.train, data.val, cfg,
-                            out_dir=tmp / "chain", first_cfg=teacher_cfg, seed=seed)
-        name = f"TA chain ({data.name})"
-        for stage, method in ((direct[0], "teacher resnet20"), (direct[1], "student cnn [4, 8], direct KD"),
-                              (via[1], f"assistant cnn {ta_kwargs['widths']}"), (via[2], "student cnn [4, 8] via the assistant")):
-            run = Run(stage.model, {k: v.clone() for k, v in stage.model.state_dict().items()},
-                      last_weights(stage.out_dir), [{"seconds": 0.0}])
-            table.add(name, method, run.accuracy(data.test), run.accuracy(data.test, "last"), None, stage.params)
-    table.add_run(name, "student cnn [4, 8] from labels", fit(build(*student, data, seed), ce(), cfg, data, seed=seed),
-                  data.test)
+    name = f"TA chain ({data.name})"
+    teacher = st.teacher(("resnet20", {}), teacher_cfg, data, seed, seed)
+    table.add(name, "teacher resnet20", teacher.accuracy(data.test), teacher.accuracy(data.test, "last"), None,
+              count_params(teacher.model))
+    direct, _ = st.distill(st.recipe(student, cfg, seed), data, teacher.model, seed)
+    table.add(name, "student cnn [4, 8], direct KD", direct.accuracy(data.test), direct.accuracy(data.test, "last"),
+              None, count_params(direct.model))
+    via, res = st.distill(st.recipe(student, cfg, seed, scheme="assistant"), data, teacher.model, seed)
+    ta = res.models["assistant1"]
+    ta_run = Run(ta, _copy(ta), trained_weights(res.folders["assistant1"], "last"), [], folder=res.folders["assistant1"])
+    ta_widths = res.recipe.distill.assistants[0].kwargs["widths"]
+    table.add(name, f"assistant cnn {ta_widths}", ta_run.accuracy(data.test), ta_run.accuracy(data.test, "last"), None,
+              count_params(ta))
+    table.add(name, "student cnn [4, 8] via the assistant", via.accuracy(data.test), via.accuracy(data.test, "last"),
+              None, count_params(via.model))
+    table.add_run(name, "student cnn [4, 8] from labels", st.scratch(student, cfg, data, seed), data.test)
 
 
-def self_distillation(table: Table, data: DataBundle, cfg: TrainConfig, seed: int) -> None:
-    """cnn1d from labels, with BYOT's auxiliary exits (removed after training), with PS-KD."""
+def self_distillation(table: Table, st: Stages, data: DataBundle, cfg: TrainConfig, seed: int) -> None:
+    """cnn1d from labels, with BYOT's auxiliary exits (removed after training), with PS-KD (scheme self)."""
     student = ("cnn1d", {"widths": [32, 32, 32]})
-    table.add_run("self-distillation (MNIST-1D)", "cnn1d from labels", fit(build(*student, data, seed), ce(), cfg, data,
-                                                                            seed=seed), data.test)
-    byot = build_loss("byot", {"exits": ["features.0", "features.1"], "deepest": "features.2"})
-    table.add_run("self-distillation (MNIST-1D)", "cnn1d + BYOT (2 exits, removed)",
-                  fit(build(*student, data, seed), [(1.0, byot)], cfg, data, seed=seed), data.test)
-    table.add_run("self-distillation (MNIST-1D)", "cnn1d + PS-KD (α_T = 0.8)",
-                  fit(build(*student, data, seed), [(1.0, build_loss("pskd", {"alpha_T": 0.8}))], cfg, data, seed=seed),
-                  data.test)
+    table.add_run("self-distillation (MNIST-1D)", "cnn1d from labels", st.scratch(student, cfg, data, seed), data.test)
+    for method, term in (("cnn1d + BYOT (2 exits, removed)",
+                          {"name": "byot", "exits": ["features.0", "features.1"], "deepest": "features.2"}),
+                         ("cnn1d + PS-KD (α_T = 0.8)", {"name": "pskd", "alpha_T": 0.8})):
+        recipe = st.recipe(student, cfg, seed, losses=[term], scheme="self")
+        table.add_run("self-distillation (MNIST-1D)", method, st.distill(recipe, data, None, seed)[0], data.test)
 
 
-def cache_timing(data: DataBundle, cfg: TrainConfig, teacher_cfg: TrainConfig, seed: int) -> list[list[str]]:
+def cache_timing(st: Stages, data: DataBundle, cfg: TrainConfig, teacher_cfg: TrainConfig, seed: int) -> list[list[str]]:
     """Seconds per epoch: the student alone; KD with the teacher run live; KD served from the cache (epochs after
     the first, which fills it; and a second run, which finds it full)."""
-    teacher = fit(build("resnet20", {}, data, seed), ce(), teacher_cfg, data, seed=seed).model.eval()
+    teacher = st.teacher(("resnet20", {}), teacher_cfg, data, seed, seed).model
     student = ("cnn", {"widths": [4, 8], "hidden": 16})
-    alone = fit(build(*student, data, seed), ce(), cfg, data, seed=seed)
-    live = fit(build(*student, data, seed), kd(), cfg, data, seed=seed, teacher=teacher)
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = TeacherCache(teacher, tmp)
-        first = fit(build(*student, data, seed), kd(), cfg, data, seed=seed, teacher=cache)
-        second = fit(build(*student, data, seed), kd(), cfg, data, seed=seed, teacher=TeacherCache(teacher, tmp))
+    alone = st.scratch(student, cfg, data, seed)
+    live, _ = st.distill(st.recipe(student, cfg, seed), data, teacher, seed)
+    cached = st.recipe(student, cfg, seed, cache=True, cache_dir=str(st.root / "teacher_cache"))
+    first, _ = st.distill(cached, data, teacher, seed)
+    second, _ = st.distill(cached, data, teacher, seed)
     base = alone.seconds_per_epoch
     filling = first.history[0]["seconds"]
-    cached = statistics.mean([r["seconds"] for r in first.history[1:]] + [r["seconds"] for r in second.history])
+    served = statistics.mean([r["seconds"] for r in first.history[1:]] + [r["seconds"] for r in second.history])
     rows = [["student alone (ce)", f"{base:.2f}", "1.00"],
             ["KD, teacher run live", f"{live.seconds_per_epoch:.2f}", f"{live.seconds_per_epoch / base:.2f}"],
             ["KD, first epoch (fills the cache)", f"{filling:.2f}", f"{filling / base:.2f}"],
-            ["KD, served from the cache", f"{cached:.2f}", f"{cached / base:.2f}"]]
+            ["KD, served from the cache", f"{served:.2f}", f"{served / base:.2f}"]]
     return rows
 
 
-def data_free(table: Table, data: DataBundle, budget: dict, seed: int, grids: Path | None) -> None:
-    """LeNet-5 → LeNet-5-half on MNIST: KD on the real data (upper bound), DAFL, DeepInversion (BN teacher)."""
+def data_free(table: Table, st: Stages, data: DataBundle, budget: dict, seed: int, grids: Path | None) -> None:
+    """LeNet-5 → LeNet-5-half on MNIST: KD on the real data (upper bound), DAFL, DeepInversion (BN teacher), the
+    last two as scheme data_free."""
     name = f"data-free ({data.name})"
+    student = ("lenet5_half", {})
     t_cfg = TrainConfig(epochs=budget["lenet_epochs"], batch_size=128, lr=2e-3)
-    teacher_run = fit(build("lenet5", {}, data, seed), ce(), t_cfg, data, seed=seed)
+    teacher_run = st.teacher(("lenet5", {}), t_cfg, data, seed, seed)
     table.add_run(name, "teacher LeNet-5 (labels)", teacher_run, data.test)
-    teacher = teacher_run.model.eval()
+    teacher = teacher_run.model
     table.add_run(name, "LeNet-5-half + KD on the real training set",
-                  fit(build("lenet5_half", {}, data, seed), kd(), t_cfg, data, seed=seed, teacher=teacher), data.test)
+                  st.distill(st.recipe(student, t_cfg, seed), data, teacher, seed)[0], data.test)
     # DAFL: the student never sees a training image; the real validation split only picks the best epoch.
-    torch.manual_seed(seed)
-    source = DAFLBatches(teacher, tuple(data.spec.shape), steps_per_epoch=budget["dafl_steps"],
-                         batch_size=budget["dafl_batch"], base=budget["dafl_base"], lr=budget["dafl_lr_g"], one_hot=1.0,
-                         activation=0.1, info_entropy=5.0 / math.log(10),  # the authors' ie = 5 with log10
-                         lr_schedule=budget["dafl_g_schedule"], total_steps=budget["dafl_epochs"] * budget["dafl_steps"],
-                         jitter=budget["dafl_jitter"], adversarial=budget["dafl_adv"])
     s_cfg = TrainConfig(epochs=budget["dafl_epochs"], batch_size=budget["dafl_batch"], optimizer="adam",
                         lr=budget["dafl_lr_s"], weight_decay=0.0)
-    table.add_run(name, "LeNet-5-half, DAFL (data-free)",
-                  fit(build("lenet5_half", {}, data, seed), kd(1.0, 1.0), s_cfg, data, seed=seed, teacher=teacher,
-                      batches=source, train=None), data.test)
+    dafl = {"method": "dafl", "steps_per_epoch": budget["dafl_steps"], "batch_size": budget["dafl_batch"],
+            "generator_base": budget["dafl_base"], "generator_lr": budget["dafl_lr_g"], "one_hot": 1.0,
+            "activation": 0.1, "info_entropy": 5.0 / math.log(10),  # the authors' ie = 5 with log10
+            "generator_schedule": budget["dafl_g_schedule"], "jitter": budget["dafl_jitter"],
+            "adversarial": budget["dafl_adv"]}
+    run, res = st.distill(st.recipe(student, s_cfg, seed, losses=kd(1.0, 1.0), scheme="data_free", data_free=dafl),
+                          data, teacher, seed)
+    table.add_run(name, "LeNet-5-half, DAFL (data-free)", run, data.test)
     if grids:
-        x = source.sample(32)
-        save_grid(x, grids.with_name(grids.name + "_dafl_samples.png"),
-                  labels=predict_logits(teacher, x).argmax(1).tolist(), title="DAFL G(z), teacher's class")
+        shutil.copyfile(run.folder.parent / res.scheme["samples_figure"], grids.with_name(grids.name + "_dafl_samples.png"))
     if not budget["deepinversion"]:
         return
     # DeepInversion needs BatchNorm statistics: a LeNet-5 with BN after each convolution as the teacher.
-    bn_run = fit(build("lenet5", {"batch_norm": True}, data, seed), ce(), t_cfg, data, seed=seed)
+    bn_run = st.teacher(("lenet5", {"batch_norm": True}), t_cfg, data, seed, seed)
     table.add_run(name, "teacher LeNet-5 + BN (labels)", bn_run, data.test)
-    bn_teacher = bn_run.model.eval()
-    synth = deep_inversion(bn_teacher, tuple(data.spec.shape), budget["di_samples"], batch_size=250,
-                           iterations=budget["di_iterations"], lr=0.1, bn_weight=0.05, tv_l2=1e-4, l2=1e-5, jitter=2,
-                           seed=seed)
     di_cfg = TrainConfig(epochs=budget["di_epochs"], batch_size=128, lr=2e-3)
-    table.add_run(name, f"LeNet-5-half, DeepInversion ({budget['di_samples']} synthetic)",
-                  fit(build("lenet5_half", {}, data, seed), kd(4.0, 0.9), di_cfg, data, seed=seed, teacher=bn_teacher,
-                      train=synth), data.test)
+    inversion = {"method": "deepinversion", "samples": budget["di_samples"], "iterations": budget["di_iterations"],
+                 "inversion_lr": 0.1, "bn_weight": 0.05}
+    run, res = st.distill(st.recipe(student, di_cfg, seed, losses=kd(4.0, 0.9), scheme="data_free",
+                                    data_free=inversion), data, bn_run.model, seed)
+    table.add_run(name, f"LeNet-5-half, DeepInversion ({budget['di_samples']} synthetic)", run, data.test)
     if grids:
-        save_grid(synth.x[:32], grids.with_name(grids.name + "_deepinversion_samples.png"), labels=synth.y[:32].tolist(),
-                  title="DeepInversion samples, target class")
+        shutil.copyfile(run.folder.parent / res.scheme["samples_figure"],
+                        grids.with_name(grids.name + "_deepinversion_samples.png"))
 
 
 # ----- main ---------------------------------------------------------------------------------------
@@ -310,18 +339,19 @@ def main() -> None:
     table = Table()
     cache_rows: list[list[list[str]]] = []
     for seed in seeds:
-        steps = [("dml", lambda: online(table, mnist1d, cfg_1d, seed)),
-                 ("multi", lambda: multi_teacher(table, mnist1d, cfg_1d, teacher_1d, seed)),
-                 ("ta", lambda: assistant(table, mnist5k, cfg_img, teacher_img, seed)),
-                 ("self", lambda: self_distillation(table, mnist1d, cfg_1d, seed)),
-                 ("cache", lambda: cache_rows.append(cache_timing(
-                     mnist5k, TrainConfig(epochs=budget["cache_epochs"], batch_size=64), teacher_img, seed))),
-                 ("datafree", lambda: data_free(table, _mnist(budget), budget, seed,
-                                                           grids=out.with_suffix("") if seed == seeds[0] else None))]
+        steps = [("dml", lambda st: online(table, st, mnist1d, cfg_1d, seed)),
+                 ("multi", lambda st: multi_teacher(table, st, mnist1d, cfg_1d, teacher_1d, seed)),
+                 ("ta", lambda st: assistant(table, st, mnist5k, cfg_img, teacher_img, seed)),
+                 ("self", lambda st: self_distillation(table, st, mnist1d, cfg_1d, seed)),
+                 ("cache", lambda st: cache_rows.append(cache_timing(
+                     st, mnist5k, TrainConfig(epochs=budget["cache_epochs"], batch_size=64), teacher_img, seed))),
+                 ("datafree", lambda st: data_free(table, st, _mnist(budget), budget, seed,
+                                                   grids=out.with_suffix("") if seed == seeds[0] else None))]
         for key, step in steps:
             if key in only:
                 t = time.perf_counter()
-                step()
+                with tempfile.TemporaryDirectory() as tmp:
+                    step(Stages(Path(tmp)))
                 console.print(f"seed {seed} {key}: {time.perf_counter() - t:.0f} s")
     lines = [f"# Training schemes{' (quick smoke run: not results)' if args.quick else ''}", "",
              f"Command: `python {' '.join(sys.argv)}`", "", *table.markdown(), ""]
