@@ -169,3 +169,17 @@ def test_distill_module_holds_every_trainable_parameter():
 def test_outputs_carry_the_mask_to_the_device():
     out = Outputs(torch.zeros(2, 3), {"a": torch.ones(2)}, torch.ones(2, 5)).to(torch.device("cpu"))
     assert out.mask.shape == (2, 5) and out.features["a"].shape == (2,)
+
+
+def test_epoch_order_groups_token_ids_by_length_and_visits_every_sample_once():
+    split = token_split(1000, 40)
+    g = torch.Generator().manual_seed(3)
+    order = Classification().epoch_order(split, g, 16)
+    assert sorted(order.tolist()) == list(range(1000))
+    lengths = split.mask.sum(1)[order]
+    padded = sum(int(b.max()) * len(b) for b in lengths.split(16))
+    shuffled = split.mask.sum(1)[torch.randperm(1000, generator=torch.Generator().manual_seed(3))]
+    assert padded < 0.8 * sum(int(b.max()) * len(b) for b in shuffled.split(16))  # far less padding
+    dense = Split(torch.randn(50, 3), torch.zeros(50, dtype=torch.long))
+    assert torch.equal(Classification().epoch_order(dense, torch.Generator().manual_seed(1), 8),
+                       torch.randperm(50, generator=torch.Generator().manual_seed(1)))  # dense: a plain permutation

@@ -80,6 +80,23 @@ class Task:
             model.train(was_training)
         return torch.cat(out) if out else torch.empty(0)
 
+    def epoch_order(self, split: Split, generator: torch.Generator, batch_size: int) -> torch.Tensor:
+        """The order the samples of one training epoch are visited in, cut into batches of ``batch_size``: a random
+        permutation. Token ids are grouped by length (sorted within windows of 50 batches, the batches then
+        shuffled), so a batch pads to little more than its own texts; the last, partial batch stays last."""
+        order = torch.randperm(len(split), generator=generator)
+        if split.mask is None or len(split) <= batch_size:
+            return order
+        lengths = split.mask.sum(1)
+        window = 50 * batch_size
+        batches = []
+        for i in range(0, len(order), window):
+            w = order[i:i + window]
+            batches.extend(w[torch.argsort(lengths[w], descending=True, stable=True)].split(batch_size))
+        last = [batches.pop()] if len(batches[-1]) < batch_size else []
+        shuffled = [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+        return torch.cat(shuffled + last)
+
     def evaluate(self, model: nn.Module, split: Split) -> dict[str, float]:
         raise NotImplementedError
 

@@ -382,7 +382,7 @@ class Trainer:
         if self.batches is not None:
             self.batches.train()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(train), generator=g)
+        order = self.task.epoch_order(train, g, cfg.batch_size)
         for _, term in self.terms:
             term.start_epoch(epoch, cfg.epochs)
         sums: dict[str, float] = {}
