@@ -108,6 +108,23 @@ class ModelConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+class StudentConfig(ModelConfig):
+    """The student: a model like the teacher's section, optionally initialised from the teacher's weights."""
+
+    # DistilBERT's initialisation (Sanh et al. 2019): the distilled student starts as these teacher layers (0-based;
+    # "every_other": 0, 2, 4, ...) with the teacher's embeddings, pooler and classifier. The student's model and
+    # kwargs must then be the teacher's architecture with as many layers; the scratch baseline starts fresh.
+    init_layers: list[int] | Literal["every_other"] | None = None
+
+    @field_validator("init_layers", mode="before")
+    @classmethod
+    def _layer_indices(cls, v):
+        indices = isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+        if v is not None and v != "every_other" and not indices:
+            raise ValueError("must be 'every_other' or a non-empty list of teacher layer indices (0-based, e.g. [0, 2])")
+        return v
+
+
 class LossSpec(BaseModel):
     """One weighted loss term; its own hyper-parameters are checked by the term itself."""
 
@@ -341,7 +358,7 @@ class Recipe(_Section):
     output_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: ModelConfig = Field(default_factory=ModelConfig)
-    student: ModelConfig = Field(default_factory=ModelConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

@@ -14,8 +14,9 @@ from ..data import load_dataset
 from ..data.spec import DataBundle
 from ..distill.schemes import Scheme, SchemeContext, get_scheme
 from ..distill.trainer import Trainer, TrainResult
-from ..errors import RecipeError
+from ..errors import RecipeError, TinyKDError
 from ..measure import count_params
+from ..models.transformer import init_from_teacher
 from ..recipe import Recipe
 from .common import EnergyTracker, build_terms, ce_terms, create, fresh_student, resolve_dir
 from .teacher import train_or_load
@@ -85,7 +86,7 @@ def distill(recipe: Recipe, bundle: DataBundle, run_dir: Path, teacher: nn.Modul
     console = console or Console(quiet=not progress)
     tracked = tracked or EnergyTracker(recipe, run_dir)
     terms = build_terms(recipe) if terms is None else terms
-    distilled = fresh_student(recipe, bundle.spec, student)
+    distilled = init_student(recipe, fresh_student(recipe, bundle.spec, student), teacher, console)
     transfer = distill_inputs(recipe, bundle, terms, console)
     scheme: Scheme = get_scheme(recipe.distill.scheme)(
         scheme_context(recipe, bundle, run_dir, tracked=tracked, console=console, progress=progress))
@@ -101,6 +102,27 @@ def distill(recipe: Recipe, bundle: DataBundle, run_dir: Path, teacher: nn.Modul
                          scheme.calibration(recipe.quantize.calibration_samples), {**scheme.models, "student": distilled},
                          recipe.model_copy(update={"distill": scheme.resolved(recipe.distill)}), res, trained,
                          {**scheme.folders, "student": Path(run_dir) / "student"})
+
+
+def init_student(recipe: Recipe, student: nn.Module, teacher: nn.Module | None,
+                 console: Console | None = None) -> nn.Module:
+    """``student`` with the teacher's weights copied in when ``student.init_layers`` asks for DistilBERT's
+    initialisation (the kept teacher layers, embeddings, pooler and classifier); unchanged otherwise. A layer list or
+    a student that does not fit the teacher is a RecipeError naming the teacher's layers."""
+    layers = recipe.student.init_layers
+    if layers is None:
+        return student
+    if teacher is None:
+        raise RecipeError(f"student.init_layers copies the teacher's layers into the student, but the "
+                          f"'{recipe.distill.scheme}' scheme has no teacher", "leave student.init_layers out",
+                          where="student.init_layers")
+    try:
+        kept = init_from_teacher(student, teacher, layers)
+    except TinyKDError as err:
+        raise RecipeError(err.what, err.fix, where="student.init_layers") from None
+    if console is not None:
+        console.print(f"student initialised from the teacher's layers {kept} (embeddings, pooler, classifier too)")
+    return student
 
 
 def distill_inputs(recipe: Recipe, bundle: DataBundle, terms: list, console: Console) -> torch.Tensor | None:
