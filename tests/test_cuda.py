@@ -24,7 +24,9 @@ from interrupt import Stop, stop_after
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SHAPE = (1, 8, 8)
 # Terms that take a single teacher; the scheme terms with their own models (peers, exits, ensembles) are below.
-SINGLE = sorted(n for n, c in LOSSES.items() if c.needs_teacher and n != "multi_hint")
+# terms of CNN pairs (the transformer terms, token_models_only, need BERT-style encoders)
+SINGLE = sorted(n for n, c in LOSSES.items()
+                if c.needs_teacher and n != "multi_hint" and not getattr(c, "token_models_only", False))
 FEATURE = {"ab", "at", "catkd", "cc", "crd", "fitnet", "fsp", "gram", "hidden_cosine", "hidden_mse", "ickd", "nst", "pkt",
            "rkd", "sp", "vid"}
 RANDOM = {"crd"}  # draws its negatives with the device's own generator
