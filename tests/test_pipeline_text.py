@@ -123,3 +123,19 @@ def test_a_resumed_text_run_reads_its_tokenizer_back(text_run):
     saved = load_data(recipe, tokenizer_path=result.run_dir / "tokenizer.json")
     assert "saved" in str(saved.info["text"]["source"])
     assert torch.equal(fresh.test.x, saved.test.x) and torch.equal(fresh.train.mask, saved.train.mask)
+
+
+def test_a_layer_list_that_does_not_fit_the_teacher_fails_before_the_run_folder(tmp_path):
+    from tinykd.errors import RecipeError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_tsv(data / "train.tsv", 60, 0)
+    text = RECIPE.format(data=data, out=tmp_path / "runs").replace(
+        "  model: transformer\n  kwargs: {layers: 1, heads: 2, hidden: 16, intermediate: 32, dropout: 0.0}",
+        "  model: transformer\n  init_layers: [0, 9]\n  kwargs: {layers: 2, heads: 2, hidden: 32, intermediate: 64, "
+        "dropout: 0.0}")
+    (tmp_path / "recipe.yaml").write_text(text)
+    with pytest.raises(RecipeError, match="init_layers"):
+        run(load_recipe(tmp_path / "recipe.yaml"), progress=False)
+    assert not (tmp_path / "runs" / "text").exists()  # no run folder was claimed

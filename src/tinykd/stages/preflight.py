@@ -41,6 +41,9 @@ def preflight(recipe: Recipe, bundle: DataBundle, *, teacher: nn.Module | None =
             if loads and cfg.checkpoint:
                 load_checkpoint(model, cfg.checkpoint, where, recipe)
         terms = build_terms(recipe)
+        if recipe.student.init_layers is not None:  # DistilBERT's initialisation fits the teacher, before it trains
+            from .distill import init_student
+            init_student(recipe, s_model, t_model if get_scheme(d.scheme).teacher_in_loop else None)
         check_layer_paths(recipe, terms, s_model, t_model)
         check_term_setup(recipe, terms, s_model, t_model, bundle)
         if d.transfer is not None:
