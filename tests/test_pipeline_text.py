@@ -139,3 +139,21 @@ def test_a_layer_list_that_does_not_fit_the_teacher_fails_before_the_run_folder(
     with pytest.raises(RecipeError, match="init_layers"):
         run(load_recipe(tmp_path / "recipe.yaml"), progress=False)
     assert not (tmp_path / "runs" / "text").exists()  # no run folder was claimed
+
+
+@pytest.mark.parametrize("extra, key", [("compress: {qat: {epochs: 1}}", "compress.qat"),
+                                        ("compress: {prune_student: {amount: 0.5}}", "compress.prune_student"),
+                                        ("distill: {losses: [{name: kd}], mixup: {alpha: 0.2}}", "distill.mixup")])
+def test_dense_only_stages_are_recipe_errors_for_text(tmp_path, extra, key):
+    from tinykd.errors import RecipeError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_tsv(data / "train.tsv", 60, 0)
+    text = RECIPE.format(data=data, out=tmp_path / "runs")
+    if extra.startswith("distill"):
+        text = text.replace("distill:\n  losses:\n    - {name: kd, weight: 1.0, temperature: 2.0, alpha: 0.5}\n", "")
+    (tmp_path / "recipe.yaml").write_text(text + extra + "\n")
+    with pytest.raises(RecipeError, match="token ids") as err:
+        run(load_recipe(tmp_path / "recipe.yaml"), progress=False)
+    assert err.value.where == key and not (tmp_path / "runs" / "text").exists()

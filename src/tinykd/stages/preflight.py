@@ -30,6 +30,8 @@ def preflight(recipe: Recipe, bundle: DataBundle, *, teacher: nn.Module | None =
     whose files exist, and the int8 student fits ``deploy.target_board``. The global RNG is left as it was."""
     spec, d = bundle.spec, recipe.distill
     console = console or Console(quiet=True)
+    if spec.modality == "text":
+        _check_text_recipe(recipe)
     with torch.random.fork_rng(devices=[]):
         t_model = teacher if teacher is not None else create(recipe.teacher.model, recipe.teacher.kwargs, spec,
                                                              "teacher", recipe.seed)
@@ -135,3 +137,19 @@ def precheck_fit(recipe: Recipe, student: nn.Module, bundle: DataBundle, console
         raise TinyKDError(f"the int8 student ({recipe.student.model}) cannot fit {board.name}: {err.what}", err.fix,
                           where="deploy.target_board") from None
     console.print(f"microcontroller pre-check: {fit.summary()}")
+
+
+def _check_text_recipe(recipe: Recipe) -> None:
+    """Stages that take dense inputs only are recipe errors on token ids, named before anything trains."""
+    c = recipe.compress
+    for key in ("prune_teacher", "prune_student", "lowrank", "qat"):
+        if getattr(c, key) is not None:
+            raise RecipeError(f"compress.{key} works on models of dense inputs (images, signals, audio features); "
+                              "this run's inputs are token ids", f"remove compress.{key}: text students get static "
+                              "and dynamic int8 in ONNX Runtime", where=f"compress.{key}")
+    if recipe.deploy.target_board is not None:
+        raise RecipeError("deploy.target_board checks a TensorFlow Lite Micro model, and token-id models are exported "
+                          "to ONNX Runtime only", "remove deploy.target_board", where="deploy.target_board")
+    if recipe.distill.mixup is not None:
+        raise RecipeError("distill.mixup blends dense inputs, and these are token ids", "remove distill.mixup",
+                          where="distill.mixup")
