@@ -51,7 +51,8 @@ RESPONSE = {
     "dist": [{"name": "dist"}, {"name": "ce"}],
     "mlkd": [{"name": "mlkd"}, {"name": "ce"}],
 }
-FEATURE = ["fitnet", "at", "nst", "fsp", "gram", "ickd", "vid", "ab", "catkd", "hidden_mse", "hidden_cosine"]
+FEATURE = ["fitnet", "at", "nst", "fsp", "gram", "ickd", "vid", "ab", "catkd", "ft", "reviewkd", "hidden_mse",
+           "hidden_cosine"]
 RELATION = ["rkd", "sp", "pkt", "cc", "crd"]
 OTHER = ["adversarial"]
 POOLED = ("rkd", "pkt", "cc", "crd")  # embedding terms: on large maps, the pooled embedding (pool: true)
@@ -75,7 +76,7 @@ def setups(quick: bool) -> dict[str, dict]:
 
 
 def term_spec(name: str, pairs, pool: bool = False) -> dict:
-    if name in ("fitnet", "at", "nst", "gram", "ickd", "vid", "ab", "hidden_mse", "hidden_cosine"):
+    if name in ("fitnet", "at", "nst", "gram", "ickd", "vid", "ab", "ft", "reviewkd", "hidden_mse", "hidden_cosine"):
         return {"name": name, "pairs": pairs}
     if name == "catkd":  # one pair: the last feature maps (a listed pair would have to be the deepest one)
         return {"name": name, "pairs": "auto"}

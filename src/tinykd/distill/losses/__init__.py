@@ -1,7 +1,7 @@
 """Loss terms by name. Importing this package registers every built-in term."""
 from ...types import Batch
 # Importing the term modules registers the built-in terms.
-from . import adversarial, feature, multiteacher, online, relation, response, selfdistill, transformer  # noqa: F401
+from . import adversarial, feature, multiteacher, online, relation, response, review, selfdistill, transformer  # noqa: F401
 from .base import LOSSES, LossTerm, Params, SetupContext, build_loss, describe_losses, register_loss
 
 __all__ = ["LOSSES", "Batch", "LossTerm", "Params", "SetupContext", "build_loss", "describe_losses", "register_loss"]
