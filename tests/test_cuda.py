@@ -57,6 +57,8 @@ def _params(name):
     params = {"pairs": "auto"} if name in FEATURE else {}
     if name == "crd":
         params.update(nce_k=32, feat_dim=16)
+    if name == "ft":  # the factor loss from the first step (the default first trains the paraphraser alone)
+        params.update(paraphraser_epochs=0)
     return params
 
 
