@@ -16,12 +16,7 @@ from tinykd.models import create_model
 from tinykd.recipe import TrainConfig
 
 
-def _batch(n):
-    return Batch(torch.zeros(n, 1, 8, 8), torch.zeros(n, dtype=torch.long), torch.arange(n))
-
-
-def _outputs(feats):
-    return Outputs(torch.zeros(len(next(iter(feats.values()))), 3), dict(feats))
+from test_losses_feature import _batch, _call, _np, _outputs, _rand  # noqa: E402 (the feature terms' test helpers)
 
 
 def _setup(name, params, s_feats, t_feats):
@@ -38,17 +33,6 @@ def _setup(name, params, s_feats, t_feats):
                 m.bias.normal_()
     return term
 
-
-def _call(term, s_feats, t_feats):
-    return term(_outputs(s_feats), _outputs(t_feats), _batch(len(next(iter(s_feats.values())))))
-
-
-def _rand(*shape, seed=0):
-    return torch.tensor(np.random.default_rng(seed).normal(size=shape), dtype=torch.float64)
-
-
-def _np(t):
-    return t.detach().double().numpy()
 
 
 # ----- the layers, by hand ------------------------------------------------------------------------
