@@ -283,6 +283,7 @@ def run_facts(metrics: dict) -> str:
              ("Seed", run.get("seed")), ("Splits", _split_lines(run.get("split_sizes") or {}, data.get("splits") or {})),
              *([("Not applied", list(data["not_applied"]))] if data.get("not_applied") else []),
              ("Input", _input_spec(run.get("spec") or {})),
+             *([("Timed inputs", metrics["inputs"]["what"])] if (metrics.get("inputs") or {}).get("what") else []),
              ("Machine", _machine_lines(run.get("machine") or {})),
              ("Artifacts", artifacts)]
     items = "".join(f"<dt>{esc(label)}</dt><dd>{_fact_value(value)}</dd>" for label, value in facts)
@@ -335,7 +336,10 @@ def _input_spec(spec: dict) -> str | None:
     if not spec:
         return None
     parts = []
-    if spec.get("shape"):
+    if spec.get("modality") == "text" and spec.get("shape"):
+        parts.append(f"text as token ids, up to {spec['shape'][0]} tokens"
+                     + (f" from a vocabulary of {spec['vocab_size']:,}" if spec.get("vocab_size") else ""))
+    elif spec.get("shape"):
         modality = f" {spec['modality']}" if spec.get("modality") else ""
         parts.append("×".join(str(d) for d in spec["shape"]) + modality)
     names = [str(c) for c in spec.get("class_names") or []]
