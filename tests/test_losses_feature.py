@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tinykd.data.spec import Split
@@ -680,3 +681,21 @@ def test_training_with_feature_term_decreases_it(tmp_path, name):
     losses = [row[f"loss/{name}"] for row in res.history]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert all(p.grad is None for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("name", ["hidden_mse", "hidden_cosine"])
+def test_hidden_terms_average_over_real_tokens_of_a_padded_text_batch(name):
+    from tinykd.types import Batch as TextBatch
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 4, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    term = build_loss(name, {"student": "h", "teacher": "h"})
+    term.setup(SetupContext(nn.Module(), nn.Module(), _outputs({"h": s}), _outputs({"h": t}), _batch(2), 100, 3))
+    batch = TextBatch({"input_ids": mask, "attention_mask": mask}, torch.zeros(2).long(), torch.arange(2), mask)
+    value = term(_outputs({"h": s}), _outputs({"h": t}), batch)
+    real = mask.bool()
+    per_token = ((s - t) ** 2).mean(-1) if name == "hidden_mse" else 1 - F.cosine_similarity(s, t, dim=-1)
+    assert torch.isclose(value, per_token[real].mean())
+    junk = s.clone()
+    junk[~real] = 1e3  # padded positions change nothing
+    assert torch.isclose(term(_outputs({"h": junk}), _outputs({"h": t}), batch), value)

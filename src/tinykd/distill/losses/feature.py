@@ -802,6 +802,15 @@ class CATKD(FeatureTerm):
 
 
 # ----- Hidden-state matching ----------------------------------------------------------------------
+def token_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-token ``values`` (B, T) over the real tokens of a padded text batch (``mask`` (B, T), 1 for a
+    token); the plain mean for dense inputs or when the token count is not the text's (a map read as tokens)."""
+    if mask is None or mask.shape != values.shape:
+        return values.mean()
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1)
+
+
 class HiddenTerm(FeatureTerm):
     """Base of hidden_mse and hidden_cosine: student tokens through a learned linear map W onto the teacher's.
 
@@ -837,24 +846,27 @@ class HiddenTerm(FeatureTerm):
 
 @register_loss
 class HiddenMSE(HiddenTerm):
-    """Σ_pairs MSE(H_s W_h, H_t), the mean over tokens and dimensions (TinyBERT's hidden-state loss)."""
+    """Σ_pairs MSE(H_s W_h, H_t), the mean over tokens and dimensions (TinyBERT's hidden-state loss); in a padded text
+    batch over the real tokens only."""
 
     name = "hidden_mse"
     description = "hidden-state MSE through a learned linear projection (TinyBERT); maps read as tokens"
     paper = "Jiao et al. 2020, TinyBERT: Distilling BERT for Natural Language Understanding (Findings of EMNLP), Eq. 8"
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
-        return self.total([F.mse_loss(h_s, h_t) for h_s, h_t in self.hidden_states(student, teacher)])
+        return self.total([token_mean((h_s - h_t).pow(2).mean(-1), batch.mask)
+                           for h_s, h_t in self.hidden_states(student, teacher)])
 
 
 @register_loss
 class HiddenCosine(HiddenTerm):
-    """Σ_pairs mean over tokens of 1 − cos(h_s W, h_t) (DistilBERT's cosine embedding loss, target 1)."""
+    """Σ_pairs mean over tokens of 1 − cos(h_s W, h_t) (DistilBERT's cosine embedding loss, target 1); in a padded
+    text batch over the real tokens only."""
 
     name = "hidden_cosine"
     description = "hidden-state cosine embedding loss, 1 − cos(h_s W, h_t) per token (DistilBERT)"
     paper = "Sanh, Debut, Chaumond & Wolf 2019, DistilBERT, a distilled version of BERT (arXiv:1910.01108), §2 L_cos"
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
-        return self.total([(1.0 - F.cosine_similarity(h_s, h_t, dim=-1)).mean()
+        return self.total([token_mean(1.0 - F.cosine_similarity(h_s, h_t, dim=-1), batch.mask)
                            for h_s, h_t in self.hidden_states(student, teacher)])
