@@ -21,7 +21,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from tinykd.errors import DataError
 
@@ -33,18 +32,32 @@ FORMAT = "tinykd.text_tokenizer"
 PREFIX = "##"  # WordPiece's mark of a piece that continues a word
 
 
-def _normalizer(kind: str, lowercase: bool) -> normalizers.Normalizer:
+def _tokenizers():
+    """The Hugging Face ``tokenizers`` package (the text extra), imported when a text dataset is read, so the core
+    install needs it only for text."""
+    try:
+        import tokenizers
+    except ImportError:
+        raise DataError("text datasets need the Hugging Face tokenizers package, which is not installed",
+                        "install the text extra: pip install 'tinykd[text]'") from None
+    return tokenizers
+
+
+def _normalizer(kind: str, lowercase: bool):
+    normalizers = _tokenizers().normalizers
     if kind == "wordpiece":  # accents are stripped when lowercasing, as in BERT's uncased models
         return normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
     return normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()]) if lowercase else normalizers.NFKC()
 
 
-def _pre_tokenizer(kind: str) -> pre_tokenizers.PreTokenizer:
+def _pre_tokenizer(kind: str):
+    pre_tokenizers = _tokenizers().pre_tokenizers
     return pre_tokenizers.BertPreTokenizer() if kind == "wordpiece" else pre_tokenizers.Whitespace()
 
 
-def _backend(kind: str, lowercase: bool, vocab: Sequence[str], merges: Sequence[tuple[str, str]]) -> Tokenizer:
+def _backend(kind: str, lowercase: bool, vocab: Sequence[str], merges: Sequence[tuple[str, str]]):
     """The Hugging Face tokenizer of a learnt vocabulary (special tokens are not matched in the text itself)."""
+    models, Tokenizer = _tokenizers().models, _tokenizers().Tokenizer
     index = {token: i for i, token in enumerate(vocab)}
     if kind == "wordpiece":
         model = models.WordPiece(index, unk_token=SPECIAL[UNK], continuing_subword_prefix=PREFIX,
