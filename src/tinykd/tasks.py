@@ -109,7 +109,7 @@ class Task:
         while m.dim() < values.dim():
             m = m.unsqueeze(-1)
         per_position = values.numel() // max(1, values.shape[0] * values.shape[1])
-        return (values * m).sum() / (m.sum() * per_position).clamp_min(1)
+        return torch.where(m > 0, values, 0.0).sum() / (m.sum() * per_position).clamp_min(1)  # NaN in padding too
 
     def example_inputs(self, spec: InputSpec, n: int = 1, *, length: int | None = None) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError

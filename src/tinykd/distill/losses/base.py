@@ -123,3 +123,12 @@ def describe_losses() -> list[dict]:
                      "required": [k for k, f in fields.items() if f.is_required()],
                      "params": {k: f.default for k, f in fields.items() if not f.is_required()}})
     return rows
+
+
+def token_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-token ``values`` (B, L) over the real tokens of a padded text batch (``mask`` (B, L), 1 for a
+    token; padded values never reach the result, even non-finite ones); the plain mean without a mask or when the
+    token count is not the text's (a feature map read as tokens)."""
+    if mask is None or mask.shape != values.shape:
+        return values.mean()
+    return torch.where(mask > 0, values, 0.0).sum() / mask.sum().clamp_min(1)

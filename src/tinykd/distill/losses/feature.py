@@ -29,7 +29,7 @@ from ...errors import TinyKDError
 from ...types import Batch, Outputs
 from ..capture import forward_with_features
 from ..capture import resolve_module
-from .base import LossTerm, Params, SetupContext, register_loss
+from .base import LossTerm, Params, SetupContext, register_loss, token_mean
 from .pairing import auto_pairs
 
 console = Console(stderr=True)
@@ -802,15 +802,6 @@ class CATKD(FeatureTerm):
 
 
 # ----- Hidden-state matching ----------------------------------------------------------------------
-def token_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The mean of per-token ``values`` (B, T) over the real tokens of a padded text batch (``mask`` (B, T), 1 for a
-    token); the plain mean for dense inputs or when the token count is not the text's (a map read as tokens)."""
-    if mask is None or mask.shape != values.shape:
-        return values.mean()
-    m = mask.to(values.dtype)
-    return (values * m).sum() / m.sum().clamp_min(1)
-
-
 class HiddenTerm(FeatureTerm):
     """Base of hidden_mse and hidden_cosine: student tokens through a learned linear map W onto the teacher's.
 

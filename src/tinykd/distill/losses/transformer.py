@@ -39,7 +39,7 @@ from torch import nn
 
 from ...errors import TinyKDError
 from ...types import Batch, Outputs
-from .base import LossTerm, Params, SetupContext, register_loss
+from .base import LossTerm, Params, SetupContext, register_loss, token_mean
 
 TOKEN_MODELS = "transformer, transformer_small, transformer_tiny or an hf:PATH BERT"
 
@@ -98,11 +98,6 @@ def token_mask(outputs: Outputs, batch: Batch, like: torch.Tensor) -> torch.Tens
     """(B, L) 1.0 on real tokens, 0.0 on padding; all ones for a batch without a padding mask."""
     mask = outputs.mask if outputs.mask is not None else batch.mask
     return like.new_ones(like.shape[:2]) if mask is None else mask.to(like.dtype)
-
-
-def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The mean of per-token ``values`` (B, L) over the real tokens."""
-    return torch.where(mask > 0, values, 0.0).sum() / mask.sum().clamp_min(1)
 
 
 def score_mse(a_s: torch.Tensor, a_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
