@@ -15,7 +15,12 @@ from .base import MAX_TEMPERATURE, LossTerm, Params, register_loss
 
 
 def hard_label_ce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy over the labelled samples only (label -1 marks an unlabelled sample)."""
+    """Cross-entropy over the labelled rows only (label -1 marks an unlabelled sample or an unscored token).
+
+    Rows are logits (N, C) with labels (N,); sequence logits (B, T, V) with targets (B, T) are read as B·T rows
+    (give ``token_rows``' rows instead where a padding mask must be honoured)."""
+    if logits.dim() == 3:
+        logits, y = logits.flatten(0, 1), y.flatten()
     mask = y >= 0
     if not bool(mask.any()):
         return logits.sum() * 0.0
@@ -46,15 +51,63 @@ def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return (logits - mean) / (std + eps)
 
 
-def response_logits(student: Outputs, teacher: Outputs, name: str, logit_standardize: bool = False):
-    """(student, teacher) logits of the same shape, the teacher's detached, optionally z-scored."""
-    s, t = student.logits, teacher.logits.detach()
-    if s.shape != t.shape:
+def _float32(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits cast up: a softmax over a large vocabulary, and the divergences, lose too much in
+    fp16/bf16. float32 and float64 logits are returned as they are."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def scored_positions(logits: torch.Tensor, batch: Batch, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) bool: the positions of sequence logits (B, T, V) that are scored, a target y >= 0 and, when a
+    mask is given (the batch's, else the outputs'), mask > 0."""
+    y = batch.y
+    if y.shape != logits.shape[:2]:
+        raise TinyKDError(f"sequence logits {tuple(logits.shape)} need targets of shape {tuple(logits.shape[:2])}; "
+                          f"got {tuple(y.shape)}", "give one next-token target per position, -1 where not scored")
+    keep = y >= 0
+    mask = batch.mask if batch.mask is not None else mask
+    if mask is not None:
+        if mask.shape != y.shape:
+            raise TinyKDError(f"mask {tuple(mask.shape)} does not match the targets {tuple(y.shape)}",
+                              "give one mask value per position (1 scored, 0 not)")
+        keep = keep & (mask > 0)
+    return keep
+
+
+def token_rows(student: Outputs, teacher: Outputs | None, batch: Batch,
+               name: str = "") -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(student, teacher, y) as rows of one prediction each, the teacher's detached, half precision cast up.
+
+    Classification logits (N, C) with labels (N,) pass through unchanged: every sample is a row, labelled or not.
+    Sequence logits (B, T, V) with targets (B, T) become the scored positions only (``scored_positions``),
+    flattened to (N_tokens, V) and (N_tokens,): a term's mean over rows is then a mean per real token, and the
+    values at padding or prompt positions (even non-finite ones) never reach it.
+    """
+    s = student.logits
+    t = None if teacher is None else teacher.logits.detach()
+    if t is not None and s.shape != t.shape:
         raise TinyKDError(f"{name}: student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ in shape",
-                          "give the student and the teacher the same num_classes")
+                          "give the student and the teacher the same num_classes (vocabulary)")
+    y = batch.y
+    if s.dim() == 3:
+        keep = scored_positions(s, batch, student.mask)
+        s, y = s[keep], y[keep]
+        t = None if t is None else t[keep]
+    return _float32(s), None if t is None else _float32(t), y
+
+
+def response_logits(student: Outputs, teacher: Outputs, batch: Batch, name: str,
+                    logit_standardize: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``token_rows``' (student, teacher, y), the two logits optionally z-scored."""
+    s, t, y = token_rows(student, teacher, batch, name)
     if logit_standardize:
         s, t = standardize(s), standardize(t)
-    return s, t
+    return s, t, y
+
+
+def no_rows(logits: torch.Tensor) -> torch.Tensor:
+    """The loss of a batch without a scored row: zero, still in the student's graph."""
+    return logits.sum() * 0.0
 
 
 class CEParams(Params):
@@ -70,7 +123,8 @@ class CrossEntropy(LossTerm):
     Params = CEParams
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
-        return hard_label_ce(student.logits, batch.y, self.params.label_smoothing)
+        s, _, y = token_rows(student, None, batch, self.name)
+        return hard_label_ce(s, y, self.params.label_smoothing)
 
 
 class TemperatureSchedule(Params):
@@ -113,9 +167,11 @@ class HintonKD(LossTerm):
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
         p = self.params
-        s, t = response_logits(student, teacher, self.name, p.logit_standardize)
-        soft = soft_kl(s, t, self.temperature)
-        hard = hard_label_ce(student.logits, batch.y)
+        s, t, y = token_rows(student, teacher, batch, self.name)
+        if not len(s):
+            return no_rows(s)
+        soft = soft_kl(*((standardize(s), standardize(t)) if p.logit_standardize else (s, t)), self.temperature)
+        hard = hard_label_ce(s, y)
         self.parts = {"soft": soft.detach(), "hard": hard.detach()}
         return p.alpha * soft + (1.0 - p.alpha) * hard
 
@@ -137,19 +193,36 @@ class ReverseKD(LossTerm):
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
         p = self.params
-        s, t = response_logits(student, teacher, self.name, p.logit_standardize)
+        s, t, y = token_rows(student, teacher, batch, self.name)
+        if not len(s):
+            return no_rows(s)
+        zs, zt = (standardize(s), standardize(t)) if p.logit_standardize else (s, t)
         # MiniLLM eq. 1: KL(q_θ ‖ p) = Σ q_θ (log q_θ − log p), with the student q_θ in front; T² as in Hinton KD.
-        log_p_s = F.log_softmax(s / p.temperature, dim=-1)
-        log_p_t = F.log_softmax(t / p.temperature, dim=-1)
+        log_p_s = F.log_softmax(zs / p.temperature, dim=-1)
+        log_p_t = F.log_softmax(zt / p.temperature, dim=-1)
         soft = F.kl_div(log_p_t, log_p_s, reduction="batchmean", log_target=True) * p.temperature**2
-        hard = hard_label_ce(student.logits, batch.y)
+        hard = hard_label_ce(s, y)
         self.parts = {"soft": soft.detach(), "hard": hard.detach()}
         return p.alpha * soft + (1.0 - p.alpha) * hard
 
 
+def log_mixture_ratio(beta: float, d: torch.Tensor) -> torch.Tensor:
+    """log(M/p) = log(1 − β + β·e^d) for the mixture M = β·q + (1−β)·p, from d = log q − log p.
+
+    As log1p(β·expm1(d)) it keeps its precision when it is small (β near 0, or q near p), where the difference of
+    the two rounded logarithms log M − log p would not; above d = 30 it is d + log(β + (1−β)·e^(−d)), so e^d
+    never overflows. Both branches see clamped inputs and stay finite, and so do their gradients.
+    """
+    large = d > 30.0
+    near = torch.log1p(beta * torch.expm1(d.clamp(max=30.0)))
+    d_far = d.clamp(min=30.0)
+    far = d_far + torch.log(beta + (1.0 - beta) * torch.exp(-d_far))
+    return torch.where(large, far, near)
+
+
 def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float,
-                    temperature: float) -> torch.Tensor:
-    """GKD's JSD(β) between p_t^T and p_s^T, batch-averaged and T²-scaled; β=0 / β=1 are forward / reverse KL.
+                    temperature: float, normalized: bool = False) -> torch.Tensor:
+    """GKD's JSD(β) between p_t^T and p_s^T, row-averaged and T²-scaled; β=0 / β=1 are forward / reverse KL.
 
     Agarwal et al. (2024), generalised JSD: with M = β·p_t + (1−β)·p_s,
         JSD(β) = β·KL(p_t ‖ M) + (1−β)·KL(p_s ‖ M).
@@ -157,6 +230,12 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     KL(p_t ‖ p_s) (β → 0) or reverse KL(p_s ‖ p_t) (β → 1) only up to the factor β or 1−β. As in TRL's
     GKDTrainer, β=0 and β=1 are therefore defined as exactly forward and reverse KL, so a β sweep spans the two.
     Mind the scale near the ends: JSD(0.01) ≈ 0.01 · KL(p_t ‖ p_s), while β=0 is the full KL.
+
+    ``normalized`` divides by β(1−β), which makes the sweep continuous: as β → 0, M = p_s + β(p_t − p_s), so
+    KL(p_t ‖ M) → KL(p_t ‖ p_s) while KL(p_s ‖ M) = β²/2 · χ²(p_t ‖ p_s) + O(β³) (its first-order term
+    β·Σ(p_t − p_s) is zero); hence JSD(β)/(β(1−β)) = KL(p_t ‖ M)/(1−β) + KL(p_s ‖ M)/β → KL(p_t ‖ p_s),
+    and by symmetry → KL(p_s ‖ p_t) as β → 1. The values at β = 0 and 1 are then the limits, not a jump. That form
+    takes log(M/p) from ``log_mixture_ratio``, since near the ends KL(p_s ‖ M)/β is a ratio of two small numbers.
     """
     log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits / temperature, dim=-1)
@@ -169,6 +248,11 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
         jsd = kl(log_p_t, log_p_s)
     elif beta == 1.0:
         jsd = kl(log_p_s, log_p_t)
+    elif normalized:
+        d = log_p_t - log_p_s
+        kl_s_m = -(log_p_s.exp() * log_mixture_ratio(beta, d)).sum(-1)  # KL(p_s ‖ M) = −Σ p_s log(M/p_s)
+        kl_t_m = -(log_p_t.exp() * log_mixture_ratio(1.0 - beta, -d)).sum(-1)  # KL(p_t ‖ M)
+        jsd = kl_t_m / (1.0 - beta) + kl_s_m / beta
     else:
         # log M = log(β·p_t + (1−β)·p_s), computed stably in log space.
         log_m = torch.logaddexp(log_p_t + math.log(beta), log_p_s + math.log(1.0 - beta))
@@ -180,22 +264,27 @@ class JSDParams(Params):
     beta: float = Field(0.5, ge=0.0, le=1.0)
     temperature: float = Field(1.0, gt=0.0)
     logit_standardize: bool = False
+    normalized: bool = False  # divide by β(1−β): continuous from forward KL (β → 0) to reverse KL (β → 1)
 
 
 @register_loss
 class JSD(LossTerm):
-    """T² · JSD(β)(p_t^T, p_s^T): forward KL at β=0, reverse KL at β=1, a generalised JSD in between."""
+    """T² · JSD(β)(p_t^T, p_s^T): forward KL at β=0, reverse KL at β=1, a generalised JSD in between (divided
+    by β(1−β) when ``normalized``, so that the sweep is continuous)."""
 
     name = "jsd"
-    description = "generalised Jensen-Shannon divergence JSD(β): forward KL (β=0) ... reverse KL (β=1)"
+    description = ("generalised Jensen-Shannon divergence JSD(β): forward KL (β=0) ... reverse KL (β=1); "
+                   "normalized: JSD(β)/(β(1−β)), continuous between the two")
     paper = ("Agarwal et al. 2024, On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes "
              "(GKD, JSD(β))")
     Params = JSDParams
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
         p = self.params
-        s, t = response_logits(student, teacher, self.name, p.logit_standardize)
-        return generalized_jsd(s, t, p.beta, p.temperature)
+        s, t, _ = response_logits(student, teacher, batch, self.name, p.logit_standardize)
+        if not len(s):
+            return no_rows(s)
+        return generalized_jsd(s, t, p.beta, p.temperature, p.normalized)
 
 
 @register_loss
@@ -207,7 +296,9 @@ class LogitMSE(LossTerm):
     paper = "Ba & Caruana 2014, Do Deep Nets Really Need to be Deep? (mimic learning: L2 regression on logits)"
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
-        s, t = response_logits(student, teacher, self.name)
+        s, t, _ = response_logits(student, teacher, batch, self.name)
+        if not len(s):
+            return no_rows(s)
         # Ba & Caruana's L(W, β) = 1/(2T) Σ_t ‖g(x^(t); W, β) − z^(t)‖²₂ over the T training cases; here per batch.
         return 0.5 * (s - t).pow(2).sum(-1).mean()
 
@@ -270,13 +361,13 @@ class DKD(LossTerm):
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
         p = self.params
-        s, t = response_logits(student, teacher, self.name, p.logit_standardize)
+        s, t, y = response_logits(student, teacher, batch, self.name, p.logit_standardize)
         # TCKD and NCKD are defined by the target class: unlabelled samples (y = -1) take no part, and the
         # mean is over the labelled samples; a batch with none contributes zero.
-        labelled = batch.y >= 0
+        labelled = y >= 0
         if not bool(labelled.any()):
-            return s.sum() * 0.0
-        y = batch.y[labelled]
+            return no_rows(s)
+        y = y[labelled]
         if int(y.max()) >= s.shape[1]:
             raise TinyKDError(f"dkd: label {int(y.max())} is out of range for logits of shape {tuple(s.shape)}",
                               "check that the model's num_classes matches the dataset")
@@ -335,11 +426,13 @@ class CTKD(LossTerm):
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
         p = self.params
-        s, t = response_logits(student, teacher, self.name)
+        s, t, y = token_rows(student, teacher, batch, self.name)
+        if not len(s):
+            return no_rows(s)
         # min over the student, max over the temperature: through the GRL, T receives −λ · ∂L/∂T and ascends the loss.
         temperature = grad_reverse(self.temperature, self.lam)
         soft = soft_kl(s, t, temperature)
-        hard = hard_label_ce(student.logits, batch.y)
+        hard = hard_label_ce(s, y)
         self.parts = {"soft": soft.detach(), "hard": hard.detach(), "temperature": self.temperature.detach(),
                       "lambda": torch.tensor(self.lam)}
         return p.alpha * soft + (1.0 - p.alpha) * hard
@@ -383,8 +476,10 @@ class DIST(LossTerm):
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
         p = self.params
-        s, t = response_logits(student, teacher, self.name)
-        p_s, p_t = F.softmax(s / p.temperature, dim=-1), F.softmax(t / p.temperature, dim=-1)  # (B, C)
+        s, t, _ = response_logits(student, teacher, batch, self.name)
+        if not len(s):
+            return no_rows(s)
+        p_s, p_t = F.softmax(s / p.temperature, dim=-1), F.softmax(t / p.temperature, dim=-1)  # (N, C)
         inter = p.temperature**2 * (1.0 - pearson_rows(p_s, p_t).mean())
         intra = p.temperature**2 * (1.0 - pearson_rows(p_s.T, p_t.T).mean())
         self.parts = {"inter": inter.detach(), "intra": intra.detach()}
@@ -443,7 +538,9 @@ class MLKD(LossTerm):
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
         p = self.params
-        s, t = response_logits(student, teacher, self.name)
+        s, t, _ = response_logits(student, teacher, batch, self.name)
+        if not len(s):
+            return no_rows(s)
         levels = [mlkd_levels(s, t, temperature) for temperature in p.temperatures]
         instance, batch_level, class_level = (torch.stack(level).sum() for level in zip(*levels))
         self.parts = {"instance": instance.detach(), "batch": batch_level.detach(), "class": class_level.detach()}
