@@ -254,6 +254,30 @@ def cmd_models(args, console: Console) -> int:
     return 0
 
 
+def cmd_search(args, console: Console) -> int:
+    from .recipe import load_recipe
+    from .search import search
+
+    if args.trials is not None and args.trials < 1:
+        raise TinyKDError(f"--trials {args.trials}: a study needs at least one trial", "give --trials 1 or more")
+    recipe = load_recipe(args.recipe, list(args.overrides))
+    result = search(recipe, trials=args.trials, study_name=args.study, folder=args.dir, storage=args.storage,
+                    console=Console(quiet=True) if args.quiet else console, progress=not args.quiet)
+    if args.quiet:
+        console.print(f"{result.ran} trial(s) run here; the study holds {len(result.trials)}")
+        console.print(f"search report: {result.report}")
+        if result.best_recipe:
+            console.print(f"best trial's recipe: {result.best_recipe}")
+    return 0
+
+
+def cmd_compare(args, console: Console) -> int:
+    from .compare import compare
+
+    compare(args.runs, out=args.out, console=console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
@@ -280,6 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
     met = sub.add_parser("methods", help="list the distillation loss terms, or show one term's details")
     met.add_argument("name", nargs="?", help="a loss term's name, e.g. kd: its hyper-parameters and conventions")
     met.set_defaults(func=cmd_methods)
+    se = sub.add_parser("search", help="search a recipe's search space with Optuna (several workers may share a study)")
+    se.add_argument("recipe", help="path of a YAML recipe with a search: section")
+    se.add_argument("overrides", nargs="*", help="dotted overrides of the recipe, e.g. student.train.epochs=3")
+    se.add_argument("--trials", type=int, help="trials the study holds in all, over every worker (default: "
+                    "search.trials)")
+    se.add_argument("--study", help="name of the study: workers given the same name share it (default: the recipe's "
+                    "name)")
+    se.add_argument("--dir", help="the search folder (default: <output_dir>/search-<study>)")
+    se.add_argument("--storage", help="an SQLAlchemy URL for the study (default: search.storage, else a journal "
+                    "file in the search folder)")
+    se.add_argument("--quiet", action="store_true", help="no progress lines")
+    se.set_defaults(func=cmd_search)
+    co = sub.add_parser("compare", help="compare finished runs: a table here and an HTML page with plots")
+    co.add_argument("runs", nargs="+", help="run folders, e.g. runs/* (folders that are not runs are skipped)")
+    co.add_argument("--out", help="the HTML page to write (default: compare.html in the runs' common folder)")
+    co.set_defaults(func=cmd_compare)
     sub.add_parser("datasets", help="list the registered datasets").set_defaults(func=cmd_datasets)
     sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
     return p
@@ -290,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # dotted overrides may also follow the options: `tinykd run --name x a.b=1`
     overrides = [e for e in extra if "=" in e and not e.startswith("-")]
-    if args.command == "run" and overrides:
+    if args.command in ("run", "search") and overrides:
         args.overrides = list(args.overrides or []) + overrides
         extra = [e for e in extra if e not in overrides]
     if extra:

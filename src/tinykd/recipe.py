@@ -350,6 +350,33 @@ class ReportConfig(_Section):
     enabled: bool = True
 
 
+class SearchConfig(_Section):
+    """``tinykd search``: an Optuna study over this recipe. ``space`` maps a dotted recipe path, as an override names
+    it (``distill.losses.0.temperature``, ``student.kwargs.widths``), to a distribution: ``{float: [low, high]}``,
+    ``{int: [low, high]}`` (both may add ``log: true`` or a ``step``) or ``{choice: [a, b, ...]}`` (any YAML values:
+    whole lists or loss terms too). ``objectives``: measured metrics, each ``{metric, direction}`` (or a metric's
+    name, with its natural direction); ``constraints``: ``board`` (a microcontroller the int8 student must fit) and
+    ``max_<metric>`` / ``min_<metric>`` bounds. Metric names, distributions and paths are checked by
+    ``tinykd.search.space`` before any trial runs; ``tinykd run`` ignores this section."""
+
+    trials: int = Field(20, ge=1, le=100_000)  # in the whole study, over every worker
+    objectives: list[dict[str, Any] | str] = Field(
+        default_factory=lambda: [{"metric": "accuracy", "direction": "maximize"}], min_length=1, max_length=8)
+    constraints: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Any] = Field(default_factory=dict)
+    # None: a journal file in the search folder; else an SQLAlchemy URL (sqlite:///study.db, postgresql://...)
+    storage: str | None = None
+    sampler: Literal["auto", "tpe", "nsga2", "random"] = "auto"  # auto: TPE for one objective, NSGA-II for several
+    pruning: bool = False  # one objective: stop trials whose validation accuracy per epoch falls behind (median)
+    baseline: bool = True  # the recipe's own values as the study's first trial, when the space holds them
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)  # of the sampler (default: the recipe's seed)
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, (dict, str)) else v
+
+
 class Recipe(_Section):
     """Every setting of one tinykd run."""
 
@@ -367,6 +394,7 @@ class Recipe(_Section):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    search: SearchConfig | None = None  # `tinykd search` only
     base_dir: str | None = Field(None, exclude=True)  # folder of the recipe file, for relative paths
 
     @field_validator("name")

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..data import load_dataset
 from ..data.spec import DataBundle
+from ..distill.callbacks import default_callbacks
 from ..distill.schemes import Scheme, SchemeContext, get_scheme
 from ..distill.trainer import Trainer, TrainResult
 from ..errors import RecipeError, TinyKDError
@@ -78,11 +79,12 @@ def scheme_context(recipe: Recipe, bundle: DataBundle, run_dir: Path, *, tracked
 
 def distill(recipe: Recipe, bundle: DataBundle, run_dir: Path, teacher: nn.Module | None, *,
             student: nn.Module | None = None, terms: list | None = None, tracked: EnergyTracker | None = None,
-            console: Console | None = None, progress: bool = True) -> DistillResult:
+            console: Console | None = None, progress: bool = True, callbacks: list | None = None) -> DistillResult:
     """A fresh student (the recipe's, or a copy of the module ``student``) distilled from the frozen ``teacher`` in
     ``run_dir/student`` with ``distill.losses`` (or ``terms``, already built), by the recipe's scheme; transfer
     inputs and a labelling budget's unlabelled inputs are labelled by the teacher. Schemes without a teacher in the
-    loop (online, self) take ``teacher=None``."""
+    loop (online, self) take ``teacher=None``. ``callbacks`` (``tinykd.distill.callbacks.Callback``) join the
+    student's default ones, after them (a search reports each epoch's validation accuracy to its trial)."""
     console = console or Console(quiet=not progress)
     tracked = tracked or EnergyTracker(recipe, run_dir)
     terms = build_terms(recipe) if terms is None else terms
@@ -92,9 +94,11 @@ def distill(recipe: Recipe, bundle: DataBundle, run_dir: Path, teacher: nn.Modul
         scheme_context(recipe, bundle, run_dir, tracked=tracked, console=console, progress=progress))
     source, batches, train = scheme.prepare(teacher, distilled)
     trained = scheme.trained_module(distilled)
+    extra = default_callbacks(recipe.student.train) + list(callbacks) if callbacks else None
     with tracked("student"):
         res = Trainer(trained, terms, recipe.student.train, out_dir=run_dir / "student", label="student",
                       seed=recipe.seed, teacher=source, console=console, progress=progress, transfer=transfer,
+                      callbacks=extra,
                       mixup=recipe.distill.mixup, batches=batches).fit(train, bundle.val)
     helper_params = sum(count_params(t) for _, t in terms)
     facts = scheme.finish(source, res, distilled)
