@@ -316,7 +316,9 @@ def test_on_the_models_a_longer_padded_batch_gives_the_same_value(name, params):
             s = forward_with_features(student, batch, term.student_paths)
             t = forward_with_features(teacher, batch, term.teacher_paths)
         values.append(term(s, t, batch).item())
-    assert values[0] > 0 and values[1] == pytest.approx(values[0], rel=1e-4)
+    # abs: MiniLM's KL of near-equal attention distributions is ~1e-5, so float32 summation order (it changes with
+    # the sequence length and the thread count) moves it by ~1e-8; leaked padding would move it by far more
+    assert values[0] > 0 and values[1] == pytest.approx(values[0], rel=1e-4, abs=1e-7)
 
 
 # ----- DistilBERT's initialisation ---------------------------------------------------------------------------------

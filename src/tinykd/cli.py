@@ -107,6 +107,9 @@ def summary_table(metrics: dict, width: int) -> Table:
 
 def print_summary(metrics: dict, console: Console) -> None:
     """The summary table of a run and, when measured, the final student's factors against the teacher."""
+    if (metrics.get("task") or {}).get("task") == "causal_lm":
+        from .report.lm import print_lm_summary
+        return print_lm_summary(metrics, console)
     table = summary_table(metrics, console.width)
     console.print(table)
     ratios = metrics.get("ratios") or {}

@@ -66,13 +66,27 @@ def _jsonable(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors with every later one that shares storage with an earlier one copied (safetensors refuses
+    aliases)."""
+    seen: set[int] = set()
+    out = {}
+    for key, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        out[key] = t.clone() if ptr is not None and ptr in seen else t
+        if ptr is not None:
+            seen.add(ptr)
+    return out
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Save a flat dict of tensors as safetensors, atomically."""
+    """Save a flat dict of tensors as safetensors, atomically. Tensors that share memory (tied weights: a language
+    model's output layer and token embedding) are each written in full, and load back into both places."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        save_file(_unshared({k: v.detach().contiguous().cpu() for k, v in tensors.items()}), str(tmp))
         os.replace(tmp, path)
     except (OSError, SafetensorError) as exc:
         with _ignored_os_errors():

@@ -107,9 +107,15 @@ def _stages(recipe: Recipe, run_dir: Path, bundle: DataBundle, teacher: nn.Modul
     histories += d.history
     c = compress(recipe, bundle, run_dir, d.student, t.teaching, **opts)
     models |= c.models
-    exported = export(recipe, bundle, run_dir, models, qat=c.qat, calibration=d.calibration, console=console)
+    lm = bundle.spec.task == "causal_lm"
+    if lm:
+        from .stages.lm import export_lm, measure_lm
 
-    metrics = measure(d.recipe, bundle, run_dir, models, exported, console=console)
+        exported = export_lm(recipe, bundle, run_dir, models, console=console)
+        metrics = measure_lm(d.recipe, bundle, run_dir, models, exported, console=console)
+    else:
+        exported = export(recipe, bundle, run_dir, models, qat=c.qat, calibration=d.calibration, console=console)
+        metrics = measure(d.recipe, bundle, run_dir, models, exported, console=console)
     metrics["run"].update({"helper_params": d.helper_params, "seconds": round(time.perf_counter() - t_start, 1)})
     metrics["scheme"] = d.scheme
     metrics["health"] = {"dead_units": {r["model"]: {"epoch": r["epoch"], "warning": r["dead_units"]}
@@ -123,6 +129,7 @@ def _stages(recipe: Recipe, run_dir: Path, bundle: DataBundle, teacher: nn.Modul
     write_history(run_dir / "history.csv", histories)
     if recipe.report.enabled:
         from .report import write_report
+        from .report.lm import write_lm_report
         with console.status("writing report"):
-            write_report(run_dir, metrics, histories, d.recipe.to_yaml())
+            (write_lm_report if lm else write_report)(run_dir, metrics, histories, d.recipe.to_yaml())
     return RunResult(run_dir, metrics, histories, models)

@@ -188,6 +188,26 @@ class DataFreeConfig(_Section):
     bn_weight: float = Field(0.05, ge=0)
 
 
+class OnPolicyConfig(_Section):
+    """Language models, GKD (Agarwal et al. 2024): a ``fraction`` (λ) of the batches are the student's own
+    continuations of each block's first ``prompt_tokens`` tokens, sampled at ``temperature`` / ``top_k``, which the
+    teacher scores; the loss terms see the generated positions only."""
+
+    fraction: float = Field(0.5, ge=0.0, le=1.0)
+    prompt_tokens: int = Field(32, ge=1, le=8192)
+    temperature: float = Field(1.0, ge=0.0, le=100.0)  # 0: greedy
+    top_k: int | None = Field(None, ge=1)
+
+
+class SequenceKDConfig(_Section):
+    """Language models, sequence-level KD (Kim & Rush 2016): the student trains on the teacher's continuations of
+    each training block's first ``prompt_tokens`` tokens (greedy at temperature 0), generated once."""
+
+    prompt_tokens: int = Field(32, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=100.0)
+    top_k: int | None = Field(None, ge=1)
+
+
 class DistillConfig(_Section):
     """The loss terms of distillation, the scheme (who teaches whom), extra transfer data, and whether to train
     the from-scratch baseline.
@@ -213,6 +233,8 @@ class DistillConfig(_Section):
     assistant_width_arg: str | None = None  # the student kwarg scaled to size an automatic assistant
     peers: list[ModelConfig] = Field(default_factory=list)  # online: the student's fellow peers (default: one copy)
     data_free: DataFreeConfig = Field(default_factory=DataFreeConfig)
+    on_policy: OnPolicyConfig | None = None  # language models: GKD's on-policy batches
+    sequence_kd: SequenceKDConfig | None = None  # language models: train on the teacher's generations
 
     @field_validator("losses")
     @classmethod
@@ -259,6 +281,20 @@ class ExportConfig(_Section):
     opset: int = Field(18, ge=13)
 
 
+class GenerateConfig(_Section):
+    """Language models: the samples the report shows side by side, continued from the same prompts with the same
+    seed by every model (teacher, scratch and distilled students, the int8 artifact)."""
+
+    # Prompts as text; none: the first ``prompt_tokens`` tokens of ``samples`` test blocks.
+    prompts: list[str] = Field(default_factory=list, max_length=16)
+    samples: int = Field(2, ge=1, le=16)
+    prompt_tokens: int = Field(32, ge=1, le=8192)
+    max_new_tokens: int = Field(200, ge=1, le=4096)
+    temperature: float = Field(0.8, ge=0.0, le=100.0)  # 0: greedy
+    top_k: int | None = Field(20, ge=1)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+
+
 class MeasureConfig(_Section):
     """Latency harness: threads, warm-up, repeats per batch size and the rounds they are interleaved in."""
 
@@ -269,6 +305,7 @@ class MeasureConfig(_Section):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 32], max_length=8)
     # text: the token count latency and MACs are measured at (default: the data's max_length)
     sequence_length: int | None = Field(None, ge=1, le=8192)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)  # language models: the report's samples
 
     @field_validator("batch_sizes")
     @classmethod

@@ -224,6 +224,15 @@ def load_dataset(name: str, *, path: str | None = None, seed: int = 0, val_fract
     check_options(entry, options)
     _check_settings(seed, val_fraction, test_fraction, limit)
     raw, resolved = _run_reader(entry, path, base_dir, _resolve_path_options(options, base_dir))
+    if entry.task == "causal_lm":
+        from tinykd.data.corpus import corpus_bundle
+
+        merged = {**entry.defaults(), **_resolve_path_options(options, base_dir)}
+        if labelled is not None or class_names is not None:
+            raise DataError("a language-model corpus has no labels: data.labelled and data.class_names do not apply",
+                            "remove them from the data section")
+        return corpus_bundle(name, raw, resolved, merged, seed=seed, val_fraction=val_fraction,
+                             test_fraction=test_fraction, limit=limit)
     _check_classes(raw, str(resolved) if resolved else name)
     if class_names is not None:
         file = resolve_path(class_names, base_dir, "class_names file") if isinstance(class_names, (str, Path)) else None

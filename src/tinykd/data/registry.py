@@ -47,6 +47,7 @@ class DatasetEntry:
     fn: DatasetFn
     needs_path: bool
     description: str
+    task: str = "classification"  # "causal_lm": the reader returns a data.corpus.Corpus, split by corpus_bundle
 
     def defaults(self) -> dict[str, Any]:
         """The dataset's options and their default values, read from the function's keyword-only parameters."""
@@ -57,12 +58,13 @@ class DatasetEntry:
 _REGISTRY: dict[str, DatasetEntry] = {}
 
 
-def register_dataset(name: str, *, needs_path: bool, description: str) -> Callable[[DatasetFn], DatasetFn]:
+def register_dataset(name: str, *, needs_path: bool, description: str,
+                     task: str = "classification") -> Callable[[DatasetFn], DatasetFn]:
     """Decorator that makes a dataset function loadable by name through ``load_dataset``."""
     def decorate(fn: DatasetFn) -> DatasetFn:
         if name in _REGISTRY:
             raise ValueError(f"dataset '{name}' is already registered")
-        _REGISTRY[name] = DatasetEntry(name, fn, needs_path, description)
+        _REGISTRY[name] = DatasetEntry(name, fn, needs_path, description, task)
         return fn
     return decorate
 

@@ -9,13 +9,16 @@ import torch
 @dataclass(frozen=True)
 class InputSpec:
     """Shape of one input (without batch), number of classes, modality and class names. Text inputs are token ids
-    shaped ``(max_length,)`` from a vocabulary of ``vocab_size`` tokens (0 for dense inputs)."""
+    shaped ``(max_length,)`` from a vocabulary of ``vocab_size`` tokens (0 for dense inputs). ``task`` names the
+    Task that reads the data (``tinykd.tasks``): "classification", or "causal_lm" for a corpus whose samples are
+    blocks of ``max_length`` tokens and whose "classes" are the ``vocab_size`` next tokens."""
 
     shape: tuple[int, ...]
     num_classes: int
     modality: str  # "image" | "signal" | "audio" | "tabular" | "text"
     class_names: tuple[str, ...] = ()
     vocab_size: int = 0
+    task: str = "classification"
 
     def __post_init__(self):
         if not self.class_names:
@@ -26,13 +29,17 @@ class InputSpec:
                "modality": self.modality, "class_names": list(self.class_names)}
         if self.vocab_size:
             out["vocab_size"] = self.vocab_size
+        if self.task != "classification":
+            out["task"] = self.task
         return out
 
 
 @dataclass
 class Split:
     """Inputs ``x`` and integer labels ``y`` (N,) of one split. Dense inputs are float32 (N x *shape); text is int64
-    token ids (N x max_length) with ``mask`` (N x max_length, 1 where a position holds a token, 0 for padding)."""
+    token ids (N x max_length) with ``mask`` (N x max_length, 1 where a position holds a token, 0 for padding).
+    For a language model ``y`` is (N x max_length): the next token of every position, -1 where none is scored (a
+    prompt, padding)."""
 
     x: torch.Tensor
     y: torch.Tensor

@@ -183,3 +183,20 @@ def ort_predict_inputs(session, inputs: dict | tuple | list, batch_size: int = 2
                     for k, v in feed.items()}
         out.append(session.run(None, feed)[0])
     return np.concatenate(out) if out else np.empty((0,))
+
+
+def strip_node_metadata(path: str | Path) -> Path:
+    """Drop the exporter's per-node debugging metadata (stack traces, module names: over 1 KB a node) from the ONNX
+    file at ``path``, in place; the graph, its weights and the model-level metadata are kept. For a small model
+    that metadata is most of the file, and it is nothing a runtime reads."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return path

@@ -42,6 +42,7 @@ class TrainResult:
     best_epoch: int
     best_val_accuracy: float
     out_dir: Path
+    best_score: float = float("nan")  # the task's selection metric at the best epoch (val accuracy, val loss)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -166,6 +167,7 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.history: list[dict] = []
         self.best = (0, -1.0)  # (epoch, val accuracy)
+        self.best_score = -math.inf  # the task's selection metric, signed so that larger is better
         self.device = torch.device("cpu")
 
     # ----- checkpoints -------------------------------------------------------------------------
@@ -186,7 +188,7 @@ class Trainer:
         save_tensors(self.out_dir / "last.safetensors", self._tensors())
         state = {
             "label": self.label, "epoch": epoch, "finished": finished, "best_epoch": self.best[0],
-            "best_val_accuracy": self.best[1], "optimizer": optimizer_json(self.optimizer),
+            "best_val_accuracy": self.best[1], "best_score": self.best_score, "optimizer": optimizer_json(self.optimizer),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "rng_python": list(random.getstate()[1]), "history": self.history,
         }
@@ -219,8 +221,7 @@ class Trainer:
         if self.device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         random.setstate((3, tuple(state["rng_python"]), None))
-        self.history = state["history"]
-        self.best = (state["best_epoch"], state["best_val_accuracy"])
+        self._restore_best(state)
         self._apply_changed_lr()
         return int(state["epoch"])
 
@@ -318,11 +319,10 @@ class Trainer:
         if state_path.is_file():
             state = self._saved_state(state_path)
             if state.get("finished"):
-                self.history = state["history"]
-                self.best = (state["best_epoch"], state["best_val_accuracy"])
+                self._restore_best(state)
                 self.load_best()
                 self.console.print(f"[dim]{self.label}: already trained ({len(self.history)} epochs), reusing checkpoint[/]")
-                return TrainResult(self.history, *self.best, self.out_dir)
+                return self._result()
             start = self._restore(state)
             self.console.print(f"[yellow]{self.label}: resuming after epoch {start}/{cfg.epochs}[/]")
         else:
@@ -341,8 +341,10 @@ class Trainer:
                     cb.on_epoch_end(self, epoch, train, row)
                 dead = row.get("dead_units")
                 self.history.append(row)
-                if len(val) == 0 or row["val_accuracy"] > self.best[1]:
+                score = self._signed_score(row)
+                if len(val) == 0 or score > self.best_score:
                     self.best = (epoch, row["val_accuracy"] if len(val) else float("nan"))
+                    self.best_score = score if len(val) else math.inf
                     self._save_best()
                 self._save(epoch, finished=epoch == cfg.epochs)
                 self._log(row)
@@ -351,7 +353,27 @@ class Trainer:
         if not (self.out_dir / "best.safetensors").is_file():
             raise CheckpointError(f"{self.label}: no best checkpoint in {self.out_dir}", "delete the folder and rerun")
         self.load_best()
-        return TrainResult(self.history, *self.best, self.out_dir)
+        return self._result()
+
+    def _signed_score(self, row: dict) -> float:
+        """The task's selection metric of an epoch's row (``Task.selection``), negated when smaller is better, so
+        the best epoch is always the largest value (NaN never wins)."""
+        key, mode = self.task.selection
+        value = row.get(key, float("nan"))
+        if value != value:
+            return -math.inf
+        return value if mode == "max" else -value
+
+    def _restore_best(self, state: dict) -> None:
+        self.history = state["history"]
+        self.best = (state["best_epoch"], state["best_val_accuracy"])
+        best_rows = [r for r in self.history if r.get("epoch") == self.best[0]]
+        self.best_score = state.get("best_score", self._signed_score(best_rows[0]) if best_rows else -math.inf)
+
+    def _result(self) -> TrainResult:
+        key, mode = self.task.selection
+        score = self.best_score if mode == "max" else -self.best_score
+        return TrainResult(self.history, *self.best, self.out_dir, best_score=score)
 
     def _setup_terms(self, train: Split) -> None:
         """Let each term build its helpers from example outputs, with the same seed every time (so resume
@@ -486,7 +508,7 @@ class Trainer:
     def _validate(self, val: Split) -> dict:
         self.val_size = len(val)
         scores = self.task.evaluate(self.model, val)
-        return {"val_accuracy": scores["accuracy"], "val_loss": scores["loss"]}
+        return {f"val_{k}": v for k, v in scores.items()}
 
     def _bar(self, description: str, total: int):
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

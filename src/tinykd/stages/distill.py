@@ -19,6 +19,7 @@ from ..errors import RecipeError, TinyKDError
 from ..measure import count_params
 from ..models.transformer import init_from_teacher
 from ..recipe import Recipe
+from ..tasks import get_task
 from .common import EnergyTracker, build_terms, ce_terms, create, fresh_student, resolve_dir
 from .teacher import train_or_load
 
@@ -58,8 +59,8 @@ def train_scratch(recipe: Recipe, bundle: DataBundle, run_dir: Path, *, student:
     scratch = fresh_student(recipe, bundle.spec, student)
     with tracked("student_scratch"):
         res = Trainer(scratch, ce_terms(recipe.student.train), recipe.student.train, out_dir=run_dir / "student_scratch",
-                      label="student_scratch", seed=recipe.seed, console=console, progress=progress
-                      ).fit(bundle.train, bundle.val)
+                      label="student_scratch", seed=recipe.seed, console=console, progress=progress,
+                      task=get_task(bundle.spec.task)).fit(bundle.train, bundle.val)
     return ScratchResult(scratch, res.history, Path(run_dir) / "student_scratch")
 
 
@@ -94,18 +95,53 @@ def distill(recipe: Recipe, bundle: DataBundle, run_dir: Path, teacher: nn.Modul
         scheme_context(recipe, bundle, run_dir, tracked=tracked, console=console, progress=progress))
     source, batches, train = scheme.prepare(teacher, distilled)
     trained = scheme.trained_module(distilled)
-    extra = default_callbacks(recipe.student.train) + list(callbacks) if callbacks else None
+    train, extra = lm_policy(recipe, teacher, train, run_dir, console)
+    extra += list(callbacks or [])
     with tracked("student"):
         res = Trainer(trained, terms, recipe.student.train, out_dir=run_dir / "student", label="student",
                       seed=recipe.seed, teacher=source, console=console, progress=progress, transfer=transfer,
                       callbacks=extra,
-                      mixup=recipe.distill.mixup, batches=batches).fit(train, bundle.val)
+                      mixup=recipe.distill.mixup, batches=batches, task=get_task(bundle.spec.task)
+                      ).fit(train, bundle.val)
     helper_params = sum(count_params(t) for _, t in terms)
     facts = scheme.finish(source, res, distilled)
     return DistillResult(distilled, scheme.history + res.history, facts, helper_params,
                          scheme.calibration(recipe.quantize.calibration_samples), {**scheme.models, "student": distilled},
                          recipe.model_copy(update={"distill": scheme.resolved(recipe.distill)}), res, trained,
                          {**scheme.folders, "student": Path(run_dir) / "student"})
+
+
+def lm_policy(recipe: Recipe, teacher: nn.Module | None, train, run_dir: Path, console: Console):
+    """The training split and trainer callbacks of the distilled student: for a language model, the teacher's
+    generations in place of the blocks (``distill.sequence_kd``, generated once and kept in
+    ``student/sequence_kd.safetensors``) and GKD's on-policy batches (``distill.on_policy``); otherwise the split
+    unchanged and the default callbacks."""
+    from ..io import load_tensors, save_tensors
+
+    d = recipe.distill
+    callbacks = default_callbacks(recipe.student.train)
+    if d.sequence_kd is not None and train is not None:
+        from ..data.spec import Split
+        from ..distill.lm_policy import sequence_kd_split
+
+        path = Path(run_dir) / "student" / "sequence_kd.safetensors"
+        if path.is_file():
+            saved = load_tensors(path)
+            train = Split(saved["x"], saved["y"], saved["mask"])
+        else:
+            s = d.sequence_kd
+            with console.status(f"sequence-level KD: the teacher continues {len(train):,} training prompts"):
+                train = sequence_kd_split(teacher, train, s.prompt_tokens, temperature=s.temperature, top_k=s.top_k,
+                                          seed=recipe.seed)
+            save_tensors(path, {"x": train.x, "y": train.y, "mask": train.mask})
+        console.print(f"sequence-level KD: the student learns the teacher's continuations of {len(train):,} prompts "
+                      f"of {d.sequence_kd.prompt_tokens} tokens")
+    if d.on_policy is not None:
+        from ..distill.lm_policy import OnPolicy
+
+        p = d.on_policy
+        callbacks.append(OnPolicy(p.fraction, p.prompt_tokens, p.temperature, p.top_k))
+    return train, callbacks
 
 
 def init_student(recipe: Recipe, student: nn.Module, teacher: nn.Module | None,

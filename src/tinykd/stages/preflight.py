@@ -17,7 +17,7 @@ from ..distill.schemes import get_scheme
 from ..errors import RecipeError, TinyKDError
 from ..measure import file_bytes
 from ..recipe import Recipe
-from ..types import Batch
+from ..tasks import get_task
 from .common import build_terms, create, fresh_student, load_checkpoint
 from .data import check_source
 
@@ -32,6 +32,9 @@ def preflight(recipe: Recipe, bundle: DataBundle, *, teacher: nn.Module | None =
     console = console or Console(quiet=True)
     if spec.modality == "text":
         _check_text_recipe(recipe)
+    if spec.task == "causal_lm":
+        _check_lm_recipe(recipe)
+    _check_lm_sequences(recipe, bundle)
     with torch.random.fork_rng(devices=[]):
         t_model = teacher if teacher is not None else create(recipe.teacher.model, recipe.teacher.kwargs, spec,
                                                              "teacher", recipe.seed)
@@ -46,6 +49,8 @@ def preflight(recipe: Recipe, bundle: DataBundle, *, teacher: nn.Module | None =
         if recipe.student.init_layers is not None:  # DistilBERT's initialisation fits the teacher, before it trains
             from .distill import init_student
             init_student(recipe, s_model, t_model if get_scheme(d.scheme).teacher_in_loop else None)
+        if spec.task == "causal_lm":
+            check_vocabularies(bundle, {"teacher": t_model, "student": s_model})
         check_layer_paths(recipe, terms, s_model, t_model)
         check_term_setup(recipe, terms, s_model, t_model, bundle)
         if d.transfer is not None:
@@ -84,7 +89,7 @@ def check_term_setup(recipe: Recipe, terms: list, student: nn.Module, teacher: n
     if not get_scheme(recipe.distill.scheme).preflight_setup or len(bundle.train) == 0:
         return
     idx = torch.arange(min(len(bundle.train), 8))
-    batch = Batch(bundle.train.x[idx], bundle.train.y[idx], idx)
+    batch = get_task(bundle.spec.task).collate(bundle.train, idx)
     source = as_teacher_source(teacher)
     modes = student.training, teacher.training
     student.eval(), teacher.eval()
@@ -95,7 +100,7 @@ def check_term_setup(recipe: Recipe, terms: list, student: nn.Module, teacher: n
         for i, (_, term) in enumerate(terms):
             try:
                 with torch.no_grad():
-                    s_out = forward_with_features(student, batch.x, term.student_paths, role="student")
+                    s_out = forward_with_features(student, batch, term.student_paths, role="student")
                     t_out = source.outputs(batch, term.teacher_paths) if term.needs_teacher else None
                     term.setup(SetupContext(student, teacher, s_out, t_out, batch, len(bundle.train),
                                             bundle.spec.num_classes))
@@ -153,3 +158,64 @@ def _check_text_recipe(recipe: Recipe) -> None:
     if recipe.distill.mixup is not None:
         raise RecipeError("distill.mixup blends dense inputs, and these are token ids", "remove distill.mixup",
                           where="distill.mixup")
+
+
+# Terms that compare two models' next-token distributions (or use the labels) position by position: what a language
+# model is distilled with. Feature and relation terms read classifier layers.
+LM_TERMS = ("ce", "kd", "reverse_kd", "jsd", "tvd", "topk_kl", "logit_mse")
+
+
+def _check_lm_recipe(recipe: Recipe) -> None:
+    """What a language-model run cannot do yet, named before anything trains."""
+    d = recipe.distill
+    if d.scheme != "offline":
+        raise RecipeError(f"the '{d.scheme}' scheme is not available for language models",
+                          "use distill.scheme: offline (a trained teacher teaches the student)", where="distill.scheme")
+    for i, spec in enumerate(d.losses):
+        if spec.name not in LM_TERMS:
+            raise RecipeError(f"loss term '{spec.name}' does not apply to a language model's next-token logits",
+                              f"use one of {', '.join(LM_TERMS)}", where=f"distill.losses[{i}]")
+    if d.transfer is not None:
+        raise RecipeError("distill.transfer takes unlabelled classification inputs; a language model learns from "
+                          "text", "remove distill.transfer", where="distill.transfer")
+
+
+def _check_lm_sequences(recipe: Recipe, bundle: DataBundle) -> None:
+    """On-policy and sequence-level KD continue each block's first tokens: corpus blocks longer than the prompt."""
+    d = recipe.distill
+    for key in ("on_policy", "sequence_kd"):
+        section = getattr(d, key)
+        if section is None:
+            continue
+        if bundle.spec.task != "causal_lm":
+            raise RecipeError(f"distill.{key} generates text: it applies to language models (text_corpus data)",
+                              f"remove distill.{key}", where=f"distill.{key}")
+        if section.prompt_tokens >= bundle.spec.shape[0]:
+            raise RecipeError(f"distill.{key}.prompt_tokens {section.prompt_tokens} leaves nothing to generate in "
+                              f"blocks of {bundle.spec.shape[0]} tokens", f"use fewer than {bundle.spec.shape[0]}",
+                              where=f"distill.{key}.prompt_tokens")
+        if bool((bundle.train.y[:, :section.prompt_tokens] < 0).any()):
+            raise RecipeError(f"distill.{key} continues the first tokens of corpus blocks, and this data's blocks "
+                              "hold prompts and padding (prompt_response)", "use text_corpus data, or remove "
+                              f"distill.{key}", where=f"distill.{key}")
+
+
+def check_vocabularies(bundle: DataBundle, models: dict[str, nn.Module]) -> None:
+    """Teacher and student predict over the data's vocabulary: a model whose logits have another width is an error
+    naming both vocabularies, before anything trains."""
+    task = get_task(bundle.spec.task)
+    batch = task.collate(bundle.train, torch.arange(min(len(bundle.train), 2)))
+    tok = bundle.tokenizer
+    data_vocab = (f"the data's {tok.kind} tokenizer has {bundle.spec.vocab_size} tokens (fingerprint "
+                  f"{tok.fingerprint()})" if tok is not None else f"the data has {bundle.spec.vocab_size} tokens")
+    for role, model in models.items():
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            width = task.logits(model, batch).shape[-1]
+        model.train(was)
+        if width != bundle.spec.vocab_size:
+            raise RecipeError(f"the {role} predicts over a vocabulary of {width} tokens, but {data_vocab}: teacher, "
+                              "student and data must share one vocabulary",
+                              f"tokenize the data with the {role}'s tokenizer (data.options.tokenizer_path), or build "
+                              f"the {role} for {bundle.spec.vocab_size} tokens", where=f"{role}.model")

@@ -12,6 +12,7 @@ from ..compress.prune import DEFAULT_LOSSES
 from ..data.spec import DataBundle
 from ..distill.trainer import Trainer
 from ..recipe import ModelConfig, Recipe
+from ..tasks import get_task
 from .common import EnergyTracker, ce_terms, create, load_checkpoint, prune
 
 
@@ -50,7 +51,8 @@ def train_or_load(model: nn.Module, cfg: ModelConfig, label: str, where: str, re
     else:
         with tracked(label):
             res = Trainer(model, ce_terms(cfg.train), cfg.train, out_dir=run_dir / label, label=label, seed=recipe.seed,
-                          console=console, progress=progress).fit(bundle.train, bundle.val)
+                          console=console, progress=progress, task=get_task(bundle.spec.task)
+                          ).fit(bundle.train, bundle.val)
         history = res.history
     model.eval().requires_grad_(False)
     return history

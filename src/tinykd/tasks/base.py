@@ -1,29 +1,13 @@
-"""What a kind of problem means to every stage: the Task protocol and the tasks tinykd has.
-
-A Task owns what differs between kinds of data and models, so the trainer, the teacher sources, export and
-measurement stay the same for all of them:
-
-- ``collate``: the mini-batch of a split at some indices (dense inputs as they are; token ids cut to the longest
-  sequence of the batch, with their padding mask);
-- ``logits``: the adapter from whatever a model returns (a tensor, a tuple, a Hugging Face ``ModelOutput``) to the
-  logits loss terms see;
-- ``predict`` and ``evaluate``: batched inference and the validation/test metrics;
-- ``reduce``: the mean of per-position values over the real (unpadded) positions;
-- ``example_inputs``, ``input_names`` and ``dynamic_axes``: what export and latency feed a model;
-- ``report``: what the report calls its metric.
-
-Imports only torch, the batch types and the data spec, so any layer may use it.
-"""
+"""The Task protocol: what a kind of problem means to every stage (see ``tinykd.tasks``). Imports only torch, the
+batch types and the data spec, so any layer may use it."""
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .data.spec import InputSpec, Split
-from .types import Batch, Outputs
+from ..data.spec import InputSpec, Split
+from ..types import Batch, Outputs
 
 
 def model_logits(out) -> torch.Tensor:
@@ -54,6 +38,8 @@ class Task:
 
     name: str = ""
     metric: str = "accuracy"
+    # The history key that picks the best epoch, and whether larger ("max") or smaller ("min") is better.
+    selection: tuple[str, str] = ("val_accuracy", "max")
 
     def collate(self, split: Split, idx: torch.Tensor) -> Batch:
         raise NotImplementedError
@@ -123,55 +109,3 @@ class Task:
     def report(self) -> dict:
         """What the report and metrics.json say of the task."""
         return {"task": self.name, "metric": self.metric}
-
-
-class Classification(Task):
-    """One label per sample, scored by accuracy. Dense inputs (images, signals, audio features, tables) are passed
-    to the model as one tensor ``x``; token ids as ``(input_ids, attention_mask)``, cut per batch to its longest
-    sequence (ids padded on the right), so padding costs no compute and changes no logit."""
-
-    name = "classification"
-
-    def collate(self, split: Split, idx: torch.Tensor) -> Batch:
-        y = split.y[idx]
-        if split.mask is None:
-            return Batch({"x": split.x[idx]}, y, idx)
-        mask = split.mask[idx]
-        longest = int(mask.sum(1).max().item()) if len(idx) else 1
-        mask = mask[:, :max(1, longest)]
-        return Batch({"input_ids": split.x[idx, :mask.shape[1]], "attention_mask": mask}, y, idx, mask)
-
-    def evaluate(self, model: nn.Module, split: Split) -> dict[str, float]:
-        if len(split) == 0:
-            return {"accuracy": float("nan"), "loss": float("nan")}
-        logits = self.predict(model, split)
-        return {"accuracy": (logits.argmax(1) == split.y).float().mean().item(),
-                "loss": F.cross_entropy(logits, split.y).item()}
-
-    def example_inputs(self, spec: InputSpec, n: int = 1, *, length: int | None = None) -> tuple[torch.Tensor, ...]:
-        """Inputs for export and latency: zeros for dense inputs; for text, token ids 1.. of ``length`` (the spec's
-        max_length by default) with a full mask."""
-        if spec.modality != "text":
-            return (torch.zeros(n, *spec.shape),)
-        length = length or spec.shape[0]
-        ids = (torch.arange(n * length).reshape(n, length) % max(1, spec.vocab_size - 1)) + 1
-        return ids.long(), torch.ones(n, length, dtype=torch.long)
-
-    def input_names(self, spec: InputSpec) -> list[str]:
-        return ["input_ids", "attention_mask"] if spec.modality == "text" else ["input"]
-
-    def dynamic_axes(self, spec: InputSpec) -> dict[str, dict[int, str]]:
-        if spec.modality == "text":
-            return {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                    "logits": {0: "batch"}}
-        return {"input": {0: "batch"}, "logits": {0: "batch"}}
-
-
-TASKS: dict[str, Callable[[], Task]] = {"classification": Classification}
-
-
-def get_task(name: str = "classification") -> Task:
-    """A fresh task by name."""
-    if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name]()
