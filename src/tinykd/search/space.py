@@ -29,7 +29,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "energy_uj": ("minimize", "estimated energy of one int8 inference (µJ, per-operation model)"),
     "flash_kb": ("minimize", "flash the int8 model file takes on a microcontroller, runtime not included (KB)"),
     "sram_kb": ("minimize", "peak activation SRAM of the int8 model (KB)"),
-    "trial_seconds": ("minimize", "wall time of the trial: training, export and measurement (s)"),
+    "trial_seconds": ("minimize", "wall time of the trial: training, export and measurement, the study's teacher "
+                      "left out (s)"),
 }
 INT8_METRICS = ("int8_accuracy", "int8_size_kb", "int8_latency_ms", "energy_uj", "flash_kb", "sram_kb")
 KINDS = ("float", "int", "choice")

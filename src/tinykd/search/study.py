@@ -203,7 +203,12 @@ class Searcher:
         extra = self.trial_settings(trial.number)
         recipe = with_values(self.recipe, values, extra)
         bundle = self.data(recipe)
-        recipe = with_values(self.recipe, values, extra | {"teacher.checkpoint": self.teacher(recipe, bundle)})
+        t_teacher = time.perf_counter()
+        checkpoint = self.teacher(recipe, bundle)
+        t_teacher = time.perf_counter() - t_teacher  # the study's cost, not this trial's: left out of trial_seconds
+        if t_teacher > 1:
+            trial.set_user_attr("teacher_seconds", round(t_teacher, 1))
+        recipe = with_values(self.recipe, values, extra | {"teacher.checkpoint": checkpoint})
         run_dir = self.folder / "trials" / extra["name"]
         if run_dir.exists():  # a trial number is never reused in a study: this is left from a deleted study
             shutil.rmtree(run_dir)
@@ -229,7 +234,8 @@ class Searcher:
             models |= c.models
             exported = export(recipe, bundle, run_dir, models, qat=c.qat, calibration=d.calibration)
             metrics = measure(d.recipe, bundle, run_dir, models, exported)
-            measured, test = trial_metrics(metrics, d, bundle, exported, self.plan, time.perf_counter() - t0)
+            measured, test = trial_metrics(metrics, d, bundle, exported, self.plan,
+                                           time.perf_counter() - t0 - t_teacher)
             metrics["search"] = {"study_folder": str(self.folder), "trial": trial.number, "values": values,
                                  "measured": measured, "test": test}
             metrics["scheme"] = d.scheme
