@@ -248,8 +248,9 @@ def test_language_model_recipe_errors(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [{"on_policy": {"fraction": 1.0, "prompt_tokens": 8}},
-                                   {"sequence_kd": {"prompt_tokens": 8}}])
-def test_on_policy_and_sequence_kd_runs_train(corpus, tmp_path, extra):
+                                   {"sequence_kd": {"prompt_tokens": 8}},
+                                   {"cache": True, "cache_top_k": 4}])
+def test_on_policy_sequence_kd_and_cached_runs_train(corpus, tmp_path, extra):
     from tinykd.stages import distill, load_data, preflight, train_teacher
     from tinykd.stages.rundir import open_run_dir
 
@@ -265,6 +266,11 @@ def test_on_policy_and_sequence_kd_runs_train(corpus, tmp_path, extra):
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses) and losses[1] < losses[0]
     if "sequence_kd" in extra:
         assert (run_dir / "student" / "sequence_kd.safetensors").is_file()
+    if "cache" in extra:  # the teacher ran once per training block (prepare); its top-4 served both epochs
+        stats = d.scheme["cache_stats"]
+        assert stats["computed"] == len(bundle.train) and stats["hits"] >= 2 * len(bundle.train)
+        assert stats["live"] == 0
+        assert d.scheme["cache_bytes_per_token"] == 4 * (2 + 2)
 
 
 def test_causal_lm_example_inputs_and_axes():

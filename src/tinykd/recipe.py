@@ -227,6 +227,9 @@ class DistillConfig(_Section):
     scheme: str = "offline"  # a registered scheme: distill.schemes.SCHEMES
     cache: bool = False
     cache_dir: str | None = None  # default: <run>/teacher_cache
+    # Language models: the cache keeps the teacher's k most likely tokens per position (fp16 log-probabilities and
+    # their ids), the rest of its probability spread uniformly over the other tokens (distill/lm_cache.py).
+    cache_top_k: int = Field(16, ge=1)
     teachers: list[ModelConfig] = Field(default_factory=list)
     teacher_weights: Literal["mean", "entropy", "confidence", "label"] | list[float] = "mean"
     assistants: list[ModelConfig] = Field(default_factory=list)

@@ -149,14 +149,23 @@ class Scheme:
         if not self.d.cache:
             return source
         folder = self.ctx.resolve_dir(self.d.cache_dir) if self.d.cache_dir else self.ctx.run_dir / "teacher_cache"
-        source = TeacherCache(source, folder, preprocessing=self.ctx.bundle.info.get("normalize"))
+        if self.ctx.bundle.spec.task == "causal_lm":  # an N x T x vocab store is impossible: the teacher's top-k
+            from ...tasks.causal_lm import CausalLM
+            from ..lm_cache import LMTopKCache
+
+            source = LMTopKCache(source, folder, k=min(self.d.cache_top_k, self.ctx.bundle.spec.vocab_size),
+                                 collate=CausalLM().collate)
+        else:
+            source = TeacherCache(source, folder, preprocessing=self.ctx.bundle.info.get("normalize"))
         self.facts["cache_dir"] = str(folder)
         return source
 
     def finish(self, source, result, student: nn.Module) -> dict:
         """The scheme's facts for metrics.json once the student has trained (``result``: its TrainResult)."""
-        if isinstance(source, TeacherCache):
+        if hasattr(source, "stats") and self.d.cache:  # TeacherCache, LMTopKCache
             self.facts["cache_stats"] = dict(source.stats)
+            if hasattr(source, "bytes_per_token"):
+                self.facts["cache_bytes_per_token"] = source.bytes_per_token
         return self.facts
 
     def calibration(self, n: int) -> np.ndarray | None:
