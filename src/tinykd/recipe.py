@@ -191,12 +191,14 @@ class DataFreeConfig(_Section):
 class OnPolicyConfig(_Section):
     """Language models, GKD (Agarwal et al. 2024): a ``fraction`` (λ) of the batches are the student's own
     continuations of each block's first ``prompt_tokens`` tokens, sampled at ``temperature`` / ``top_k``, which the
-    teacher scores; the loss terms see the generated positions only."""
+    teacher scores; the loss terms see the generated positions only. ``teacher_mix`` α > 0 (MiniLLM's teacher-mixed
+    sampling) draws each token from α·p_teacher (temperature 1) + (1 − α)·the student's sampling distribution."""
 
     fraction: float = Field(0.5, ge=0.0, le=1.0)
     prompt_tokens: int = Field(32, ge=1, le=8192)
     temperature: float = Field(1.0, ge=0.0, le=100.0)  # 0: greedy
     top_k: int | None = Field(None, ge=1)
+    teacher_mix: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class SequenceKDConfig(_Section):

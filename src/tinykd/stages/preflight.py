@@ -162,12 +162,16 @@ def _check_text_recipe(recipe: Recipe) -> None:
 
 # Terms that compare two models' next-token distributions (or use the labels) position by position: what a language
 # model is distilled with. Feature and relation terms read classifier layers.
-LM_TERMS = ("ce", "kd", "reverse_kd", "jsd", "tvd", "topk_kl", "logit_mse")
+LM_TERMS = ("ce", "kd", "reverse_kd", "jsd", "tvd", "topk_kl", "logit_mse", "minillm")
 
 
 def _check_lm_recipe(recipe: Recipe) -> None:
     """What a language-model run cannot do yet, named before anything trains."""
     d = recipe.distill
+    if d.on_policy is not None and d.on_policy.teacher_mix > 0 and not get_scheme(d.scheme).teacher_in_loop:
+        raise RecipeError(f"distill.on_policy.teacher_mix {d.on_policy.teacher_mix:g} samples tokens from the "
+                          f"teacher, and the '{d.scheme}' scheme has no teacher in the loop",
+                          "set teacher_mix: 0, or use distill.scheme: offline", where="distill.on_policy.teacher_mix")
     if d.scheme != "offline":
         raise RecipeError(f"the '{d.scheme}' scheme is not available for language models",
                           "use distill.scheme: offline (a trained teacher teaches the student)", where="distill.scheme")
@@ -175,9 +179,33 @@ def _check_lm_recipe(recipe: Recipe) -> None:
         if spec.name not in LM_TERMS:
             raise RecipeError(f"loss term '{spec.name}' does not apply to a language model's next-token logits",
                               f"use one of {', '.join(LM_TERMS)}", where=f"distill.losses[{i}]")
+        if spec.name == "minillm":
+            _check_minillm(recipe, i)
     if d.transfer is not None:
         raise RecipeError("distill.transfer takes unlabelled classification inputs; a language model learns from "
                           "text", "remove distill.transfer", where="distill.transfer")
+
+
+def _check_minillm(recipe: Recipe, i: int) -> None:
+    """MiniLLM learns from the student's own samples: on-policy batches, drawn at temperature 1 without top-k (its
+    importance weights are q_student / mixture at temperature 1), with the term's teacher_mix the sampler's."""
+    d, where = recipe.distill, f"distill.losses[{i}]"
+    p = d.on_policy
+    if p is None:
+        raise RecipeError("loss term 'minillm' learns from the student's own samples, and distill.on_policy is not set",
+                          "add distill.on_policy, e.g. {fraction: 0.5, prompt_tokens: 8} (the other batches train "
+                          "minillm's cross-entropy on the corpus)", where=where)
+    if p.temperature != 1.0 or p.top_k is not None:
+        raise RecipeError(f"loss term 'minillm' weights tokens sampled at temperature 1 from the full vocabulary, and "
+                          f"distill.on_policy samples at temperature {p.temperature:g}"
+                          + (f" with top_k {p.top_k}" if p.top_k is not None else ""),
+                          "set distill.on_policy.temperature: 1 and leave top_k out", where="distill.on_policy")
+    alpha = d.losses[i].params().get("teacher_mix", 0.0)
+    if isinstance(alpha, (int, float)) and alpha != p.teacher_mix:  # a value of the wrong type: the term's own check
+        raise RecipeError(f"loss term 'minillm' has teacher_mix {alpha:g}, and distill.on_policy samples with "
+                          f"teacher_mix {p.teacher_mix:g}: its importance weights q / (α·p + (1 − α)·q) need the "
+                          "sampler's α", f"give both the same value (teacher_mix: {p.teacher_mix:g} in the minillm "
+                          "term, or change distill.on_policy.teacher_mix)", where=f"{where}.teacher_mix")
 
 
 def _check_lm_sequences(recipe: Recipe, bundle: DataBundle) -> None:
