@@ -151,7 +151,7 @@ def test_unknown_kwarg_names_model_and_valid_arguments():
     assert "model 'cnn'" in msg and "unknown argument 'width'" in msg
     assert "did you mean 'widths'" in msg and "hidden=128" in msg
     # A variant that fixes an argument points to the family builder that takes it.
-    with pytest.raises(TinyKDError, match="models that take 'hidden': cnn, mlp"):
+    with pytest.raises(TinyKDError, match="models that take 'hidden': cnn, gpt, mlp"):
         create_model("mlp_1200x2", num_classes=10, in_shape=(1, 28, 28), hidden=[10])
     with pytest.raises(TinyKDError, match="did you mean 'depth'"):
         create_model("resnet", num_classes=10, in_shape=(3, 32, 32), dept=20)

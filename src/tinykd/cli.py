@@ -11,6 +11,23 @@ from rich.table import Table
 from .errors import TinyKDError, TrainingError
 
 def cmd_run(args, console: Console) -> int:
+    from . import distributed as dist
+
+    if args.nproc is not None:
+        return launch_run(args)
+    if args.run_dir and args.resume:
+        raise TinyKDError("--run-dir names the folder of a new run, and --resume the folder of an earlier one",
+                          f"drop --run-dir: `tinykd run --resume {args.resume}` continues in that folder")
+    if dist.init() and not dist.is_main():
+        console = Console(quiet=True)  # rank 0 prints the run
+    try:
+        return _run(args, console)
+    finally:
+        dist.shutdown()
+
+
+def _run(args, console: Console) -> int:
+    from . import distributed as dist
     from .pipeline import resume_recipe, run
 
     stage_console = Console(quiet=True) if args.quiet else console
@@ -27,16 +44,78 @@ def cmd_run(args, console: Console) -> int:
             console.print(f"run {result.run_dir} is already complete: nothing was re-run or overwritten")
     else:
         recipe = new_run_recipe(args)
-        unfinished = unfinished_run(recipe)
+        unfinished = None if args.run_dir or not dist.is_main() else unfinished_run(recipe)
         if unfinished:
             print(f"{unfinished} exists and did not finish; `tinykd run --resume {unfinished}` continues it",
                   file=sys.stderr)
-        result = run(recipe, console=stage_console, progress=not args.quiet)
+        result = run(recipe, run_dir=args.run_dir, console=stage_console, progress=not args.quiet)
+    if not dist.is_main():
+        return 0  # rank 0 exports, measures and reports
     print_summary(result.metrics, console)
     console.print(f"\nrun directory: {result.run_dir}")
     if (result.run_dir / "report.html").is_file():
         console.print(f"report: [bold green]{result.report}[/]")
     return 0
+
+
+def launch_run(args) -> int:
+    """``tinykd run ... --nproc N``: the run folder is claimed here, before the processes start; then torchrun starts
+    N processes on this machine that run the recipe in it. Their exit status is returned."""
+    import os
+    import shlex
+    import subprocess
+
+    import torch
+
+    from . import distributed as dist
+    from .pipeline import claim_run_dir
+    from .threads import available_cores
+
+    n = args.nproc
+    if n < 1:
+        raise TinyKDError(f"--nproc {n}: a run needs at least one process", "give --nproc 1 or more, e.g. --nproc 2")
+    if dist.launched():
+        raise TinyKDError("--nproc starts torchrun, and this process already runs under torchrun",
+                          "drop --nproc: torchrun's --nproc_per_node sets the processes")
+    if args.run_dir and args.resume:
+        raise TinyKDError("--run-dir names the folder of a new run, and --resume the folder of an earlier one",
+                          f"drop --run-dir: `tinykd run --resume {args.resume} --nproc {n}` continues in that folder")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else available_cores()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and n > gpus:
+        raise TinyKDError(f"--nproc {n}: each process trains on a GPU of its own, and torch sees {gpus}",
+                          f"give --nproc {gpus} or fewer (or hide the GPUs, CUDA_VISIBLE_DEVICES=, to train on the CPU)")
+    if not gpus and n > cores:
+        print(f"warning: --nproc {n} on {cores} CPU core(s): the processes share cores and train slower than "
+              f"--nproc {cores}", file=sys.stderr)
+    forwarded = ([args.recipe] if args.recipe else []) + list(args.overrides)
+    forwarded += ["--resume", args.resume] if args.resume else []
+    forwarded += ["--name", args.name] if args.name is not None else []
+    forwarded += ["--quiet"] if args.quiet else []
+    claimed = None
+    if not args.resume:
+        recipe = new_run_recipe(args)  # a recipe error is reported here, before any process starts
+        unfinished = unfinished_run(recipe)
+        if unfinished:
+            print(f"{unfinished} exists and did not finish; `tinykd run --resume {unfinished}` continues it",
+                  file=sys.stderr)
+        if args.run_dir:
+            run_dir = Path(args.run_dir)
+        else:
+            run_dir = claimed = claim_run_dir(recipe)
+        forwarded += ["--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+               "-m", "tinykd.cli", "run", *forwarded]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // n)))  # each process its share of the cores
+    print(f"starting {n} processes: {shlex.join(command)}", file=sys.stderr)
+    try:
+        return subprocess.run(command, env=env).returncode
+    except KeyboardInterrupt:
+        return 130  # torchrun passed the interrupt to its processes
+    finally:
+        if claimed is not None and claimed.is_dir() and not any(claimed.iterdir()):
+            claimed.rmdir()  # the processes failed before writing anything: no empty run folder is left
 
 
 def new_run_recipe(args):
@@ -147,11 +226,16 @@ def cmd_layers(args, console: Console) -> int:
         from .data.spec import InputSpec
         from .tasks import Classification
 
-        in_shape = _shape_args(args)[0] if args.in_shape else (64,)
-        num_classes = args.num_classes or 2
-        kwargs.setdefault("vocab_size", 8000)
-        spec = InputSpec(in_shape, num_classes, "text", vocab_size=kwargs["vocab_size"])
-        inputs = Classification().example_inputs(spec, 1)
+        from .models.gpt import LM_MODELS
+        from .tasks import CausalLM
+
+        lm = args.model in LM_MODELS  # a language model: its classes are its tokens
+        in_shape = _shape_args(args)[0] if args.in_shape else ((128,) if lm else (64,))
+        kwargs.setdefault("vocab_size", args.num_classes or (68 if lm else 8000))
+        num_classes = kwargs["vocab_size"] if lm else (args.num_classes or 2)
+        spec = InputSpec(in_shape, num_classes, "text", vocab_size=kwargs["vocab_size"],
+                         task="causal_lm" if lm else "classification")
+        inputs = (CausalLM() if lm else Classification()).example_inputs(spec, 1)
     else:
         in_shape, num_classes = _shape_args(args)
     model = create_model(args.model, num_classes=num_classes, in_shape=in_shape, **kwargs)
@@ -294,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its directory")
     r.add_argument("--name", help="name of the run (its folder under output_dir)")
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    r.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine (starts torchrun: "
+                   "DistributedDataParallel, gloo on the CPU, one GPU per process with CUDA)")
+    r.add_argument("--run-dir", metavar="DIR", help="write the new run into this empty folder (default: "
+                   "<output_dir>/<name>, or <name>-2, ... when taken)")
     r.set_defaults(func=cmd_run)
     lay = sub.add_parser("layers", help="list a model's module paths with output shapes (for feature losses)")
     lay.add_argument("model", help="registered model name, e.g. cnn or resnet20 (see `tinykd models`)")
@@ -342,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except TinyKDError as err:
+        if getattr(err, "printed_by_rank_0", False):
+            return 2  # one of several processes: rank 0 prints the error of the rank that failed
         print(f"error: {err}", file=sys.stderr)
         run_dir = getattr(err, "run_dir", None)
         if run_dir is not None:

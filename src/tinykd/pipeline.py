@@ -5,6 +5,10 @@ data → [microcontroller pre-check] → teacher (train or load) → [prune the 
 quantization → [fp16, dynamic int8, TFLite, ExecuTorch, C array] → measurement (accuracy, agreement, size, MACs,
 latency, energy, microcontroller fit) → metrics.json, history.csv → report.html. Brackets: optional stages.
 Each stage is a public function of ``tinykd.stages``; the run folder and resume are ``tinykd.stages.rundir``.
+
+Under torchrun every process runs the training stages together (``tinykd.distributed``); rank 0 alone checks the
+recipe, claims the run folder (or takes the one decided before the processes started), writes every file, and
+exports, measures and reports; the other ranks return after the last training stage.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from . import distributed as dist
 from .data.spec import DataBundle
 from .distill.trainer import resolve_device
 from .io import write_json
@@ -53,16 +58,46 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
     Everything checkable is checked (``preflight``) before the run folder is claimed. The folder's status.json
     says whether the run is running, complete, failed (with the error) or interrupted; a resumed complete run
     returns its stored results and re-runs nothing. An exception raised after the folder exists carries it as
-    ``err.run_dir``."""
+    ``err.run_dir``. Started by torchrun, it joins the process group; see the module's docstring."""
     console = console or Console(quiet=not progress)
     t_start = time.perf_counter()
+    if dist.init() and not dist.is_main():
+        console = Console(quiet=True)  # rank 0 prints the run
     for cfg in (recipe.teacher.train, recipe.student.train):
         resolve_device(cfg.device)  # a GPU asked for on a machine without one fails before anything is written
+    opened: dict = {}
+    run_dir, complete = dist.from_main(_open, recipe, run_dir, resume, data, teacher, student, console, opened)
+    run_dir = Path(run_dir)
+    if complete:
+        return RunResult(run_dir, opened.get("metrics", {}), complete=True)
+    with dist.together():  # the other ranks read the data themselves, with the tokenizer rank 0 saved
+        bundle = opened.get("bundle") or data or load_data(
+            recipe, console, tokenizer_path=run_dir / TOKENIZER if (run_dir / TOKENIZER).is_file() else None)
+    try:
+        result = _stages(recipe, run_dir, bundle, teacher, student, console, progress, t_start)
+    except BaseException as err:
+        interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+        if dist.is_main():
+            set_status(run_dir, "interrupted" if interrupted else "failed",
+                       **({} if interrupted else {"error": str(err) or type(err).__name__}))
+        with contextlib.suppress(AttributeError, TypeError):
+            err.run_dir = run_dir
+        raise
+    if dist.is_main():
+        set_status(run_dir, "complete")
+    return result
+
+
+def _open(recipe: Recipe, run_dir: str | Path | None, resume: bool, data: DataBundle | None, teacher: nn.Module | None,
+          student: nn.Module | None, console: Console, opened: dict) -> tuple[str, bool]:
+    """Check the recipe and the data, then claim (or reopen) the run folder and mark it running: (the folder, whether
+    it holds a complete run already). The data bundle, and a complete run's metrics, go into ``opened``."""
     changes: list[str] = []
     if resume:
         run_dir, changes = resumable(run_dir, recipe)
         if run_status(run_dir)["status"] == "complete":
-            return RunResult(run_dir, completed_metrics(run_dir, changes, console), complete=True)
+            opened["metrics"] = completed_metrics(run_dir, changes, console)
+            return str(run_dir), True
     elif run_dir is None:
         output_root(recipe)
     if data is None:
@@ -75,18 +110,10 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
         bundle.tokenizer.save(run_dir / TOKENIZER)
     status = run_status(run_dir) if resume else {}
     set_status(run_dir, "running", **({"resumed_with": status.get("resumed_with", []) + changes} if changes else {}))
-    console.print(f"[bold]tinykd[/] run [cyan]{recipe.name}[/] → {run_dir}")
-    try:
-        result = _stages(recipe, run_dir, bundle, teacher, student, console, progress, t_start)
-    except BaseException as err:
-        interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
-        set_status(run_dir, "interrupted" if interrupted else "failed",
-                   **({} if interrupted else {"error": str(err) or type(err).__name__}))
-        with contextlib.suppress(AttributeError, TypeError):
-            err.run_dir = run_dir
-        raise
-    set_status(run_dir, "complete")
-    return result
+    processes = f" on {dist.world_size()} processes" if dist.active() else ""
+    console.print(f"[bold]tinykd[/] run [cyan]{recipe.name}[/] → {run_dir}{processes}")
+    opened["bundle"] = bundle
+    return str(run_dir), False
 
 
 def _stages(recipe: Recipe, run_dir: Path, bundle: DataBundle, teacher: nn.Module | None, student: nn.Module | None,
@@ -107,6 +134,8 @@ def _stages(recipe: Recipe, run_dir: Path, bundle: DataBundle, teacher: nn.Modul
     histories += d.history
     c = compress(recipe, bundle, run_dir, d.student, t.teaching, **opts)
     models |= c.models
+    if not dist.is_main():  # the models are trained: rank 0 exports, measures and reports them
+        return RunResult(run_dir, {}, histories, models)
     lm = bundle.spec.task == "causal_lm"
     if lm:
         from .stages.lm import export_lm, measure_lm

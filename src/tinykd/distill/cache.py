@@ -7,6 +7,9 @@ new key, so stale outputs are never served (and, by default, the old folders of 
 A sample is looked up by its dataset index; samples without one (index -1: mixup, synthetic or augmented inputs,
 whose values change every epoch) cannot be cached, and the teacher runs live on them.
 
+Under several processes (torchrun) the store is filled once, by rank 0, over the whole training split before
+training; the other ranks wait, then only read it.
+
     cache = TeacherCache(teacher, "runs/cache", preprocessing=data.info["normalize"])
     Trainer(student, terms, cfg, teacher=cache, ...).fit(data.train, data.val)
 """
@@ -26,9 +29,12 @@ from numpy.lib.format import open_memmap
 from rich.console import Console
 from torch import nn
 
+from .. import distributed as dist
 from ..data.spec import Split
 from ..errors import TrainingError
+from ..inference import module_device
 from ..io import read_json, write_json
+from ..tasks import Classification
 from ..types import Batch, Outputs
 from .sources import TeacherRun, TeacherSource, as_teacher_source
 
@@ -49,11 +55,13 @@ def _file_name(field: str) -> str:
 
 
 class _Store:
-    """Per field (logits, each feature path) an (N, *shape) memory-mapped array and an (N,) 'filled' flag array."""
+    """Per field (logits, each feature path) an (N, *shape) memory-mapped array and an (N,) 'filled' flag array.
+    A store that is not ``writable`` (on a rank other than 0) only reads what is on disk."""
 
-    def __init__(self, folder: Path, num_samples: int, dtype: str, key_parts: dict):
-        self.folder, self.num_samples, self.dtype = folder, num_samples, np.dtype(dtype)
-        folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, folder: Path, num_samples: int, dtype: str, key_parts: dict, writable: bool = True):
+        self.folder, self.num_samples, self.dtype, self.writable = folder, num_samples, np.dtype(dtype), writable
+        if writable:
+            folder.mkdir(parents=True, exist_ok=True)
         manifest = folder / "manifest.json"
         self.manifest = read_json(manifest) if manifest.is_file() else {}
         if self.manifest.get("num_samples") != num_samples or self.manifest.get("dtype") != self.dtype.name:
@@ -69,8 +77,9 @@ class _Store:
         known = self.manifest["fields"].get(name)
         on_disk = known is not None and values_path.is_file() and filled_path.is_file()
         if on_disk and (shape is None or tuple(known) == shape):
-            self.arrays[name] = (open_memmap(values_path, mode="r+"), open_memmap(filled_path, mode="r+"))
-        elif shape is not None:
+            mode = "r+" if self.writable else "r"
+            self.arrays[name] = (open_memmap(values_path, mode=mode), open_memmap(filled_path, mode=mode))
+        elif shape is not None and self.writable:
             values = open_memmap(values_path, mode="w+", dtype=self.dtype, shape=(self.num_samples, *shape))
             filled = open_memmap(filled_path, mode="w+", dtype=np.uint8, shape=(self.num_samples,))
             self.arrays[name] = (values, filled)
@@ -103,6 +112,8 @@ class _Store:
             filled[rows] = 1  # after the values: a flag never marks a row whose values were not written
 
     def flush(self) -> None:
+        if not self.writable:
+            return
         for data, filled in self.arrays.values():
             data.flush()
             filled.flush()
@@ -138,6 +149,7 @@ class TeacherCache(TeacherSource):
         self.cache_dir, self.name, self.dtype, self.prune = Path(cache_dir), name, dtype, prune
         self.preprocessing = preprocessing
         self.store: _Store | None = None
+        self.train: Split | None = None
         self.folder: Path | None = None
         self.console = Console(quiet=True)
         self.stats = {"hits": 0, "computed": 0, "live": 0}
@@ -161,11 +173,12 @@ class TeacherCache(TeacherSource):
         parts = self.key_parts(train)
         key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
         self.folder = self.cache_dir / f"{self.name}-{key[:20]}"
-        if self.prune and self.cache_dir.is_dir():
+        if self.prune and self.cache_dir.is_dir() and dist.is_main():
             for stale in self.cache_dir.glob(f"{self.name}-*"):
                 if stale != self.folder and (stale / "manifest.json").is_file():
                     shutil.rmtree(stale)  # outputs of another teacher, data or preprocessing: never valid again
-        self.store = _Store(self.folder, len(train), self.dtype, parts)
+        self.train = train
+        self.store = _Store(self.folder, len(train), self.dtype, parts, writable=dist.is_main())
         console.print(f"[dim]teacher cache {self.folder}: {cache_state(self.store.count(), len(train))}[/]")
 
     @contextmanager
@@ -175,9 +188,28 @@ class TeacherCache(TeacherSource):
         fields = ["logits", *paths]
         with self.inner.open(paths) as live:
             try:
-                yield lambda batch: self._outputs(batch, fields, live)
+                run = lambda batch: self._outputs(batch, fields, live)  # noqa: E731
+                if dist.active():
+                    self._fill(fields, run)
+                yield run
             finally:
                 self.store.flush()
+
+    def _fill(self, fields: list[str], run: TeacherRun, batch_size: int = 256) -> None:
+        """Several processes: rank 0 computes every row the store lacks, in one pass over the training split, and
+        writes it; the other ranks wait, then re-read the store (so the teacher runs once per sample in all)."""
+        with dist.together():
+            if dist.is_main():
+                rows = np.flatnonzero(~self.store.filled(fields, np.arange(len(self.train))))
+                device = module_device(self.module)
+                with torch.no_grad():
+                    for i in range(0, len(rows), batch_size):
+                        idx = torch.from_numpy(rows[i:i + batch_size])
+                        run(Classification().collate(self.train, idx).to(device))
+                self.store.flush()
+        if not dist.is_main():
+            self.store = _Store(self.folder, len(self.train), self.dtype, self.store.manifest.get("key", {}),
+                                writable=False)
 
     def _outputs(self, batch: Batch, fields: list[str], live: TeacherRun) -> Outputs:
         index = batch.index.cpu().numpy()
@@ -190,7 +222,7 @@ class TeacherCache(TeacherSource):
             sub = torch.from_numpy(miss)
             out = live(batch.take(sub))
             computed = {"logits": out.logits, **{p: out.features[p] for p in fields[1:]}}
-            store = indexed[miss]
+            store = indexed[miss] & self.store.writable  # a rank other than 0 never writes
             if store.any():
                 self.store.put({k: v[torch.from_numpy(store)] for k, v in computed.items()}, index[miss][store])
             self.stats["computed"] += int(store.sum())

@@ -1,7 +1,8 @@
 """The one module that holds everything a distillation run trains: the student and the loss terms' helpers."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -19,8 +20,13 @@ class DistillModule(nn.Module):
         self.student = student
         self.helpers = nn.ModuleList(helpers)
 
-    def forward(self, *args, **kwargs):
-        """The student's forward pass (the helpers run inside the loss terms)."""
+    def forward(self, *args, run: Callable[[], Any] | None = None, **kwargs):
+        """The student's forward pass; or, given ``run``, ``run()``: a whole training step's forward (the student
+        through its feature hooks, then the loss terms with their helpers). A wrapper that hooks ``forward``
+        (DistributedDataParallel) then sees every parameter the step's loss uses, helpers included, and reduces all
+        their gradients."""
+        if run is not None:
+            return run()
         return self.student(*args, **kwargs)
 
     def helper_params(self) -> int:

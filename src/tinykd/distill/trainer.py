@@ -4,10 +4,16 @@ Per-term loss logging, validation each epoch, best and last checkpoints (safeten
 optimizer, scheduler and RNG state), exact resume, deterministic shuffling, and a NaN guard.
 Every scheme drives this loop: the teacher may be a TeacherSource (a cache, several teachers) and the
 batches may come from a BatchSource (data-free distillation); see sources.py.
+
+Under torchrun (several processes, ``tinykd.distributed``) the DistillModule is wrapped in DistributedDataParallel
+once; every rank cuts the same global batch of ``batch_size`` samples and trains on its slice of it (samples rank,
+rank + N, ...), so N processes take the steps one process takes. Rank 0 alone writes checkpoints; an error on one
+rank stops every rank with its message.
 """
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -20,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from .. import distributed as dist
 from ..data.spec import Split
 from ..errors import CheckpointError, TrainingError
 from ..inference import module_device
@@ -47,7 +54,9 @@ class TrainResult:
 
 def resolve_device(name: str) -> torch.device:
     """The torch device of a ``train.device`` setting: "auto" is the current CUDA GPU when torch sees one, else the
-    CPU; "cuda" and "cuda:N" must name a GPU torch sees."""
+    CPU; "cuda" and "cuda:N" must name a GPU torch sees. Under torchrun "auto" and "cuda" are ``cuda:LOCAL_RANK``,
+    one GPU per process."""
+    given = name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -57,6 +66,15 @@ def resolve_device(name: str) -> torch.device:
         raise TrainingError(f"train.device is {name!r} but torch sees no CUDA GPU (torch {torch.__version__})",
                             "set train.device to 'auto' or 'cpu', or install a CUDA build of torch on a GPU machine")
     count = torch.cuda.device_count()
+    if dist.active() and device.index is None:
+        device = torch.device("cuda", dist.local_rank())
+        if device.index >= count:
+            raise TrainingError(f"train.device is {given!r}: process {device.index} of this machine takes "
+                                f"cuda:{device.index}, but torch sees {count} CUDA GPU(s)",
+                                f"start at most {count} processes per machine (torchrun --nproc_per_node {count})")
+    elif dist.active() and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        raise TrainingError(f"train.device is {given!r}: every process of this machine would train on that one GPU",
+                            "set train.device to 'auto' or 'cuda': each process then takes cuda:LOCAL_RANK")
     index = torch.cuda.current_device() if device.index is None else device.index
     if index >= count:
         raise TrainingError(f"train.device is {name!r} but torch sees {count} CUDA GPU(s): cuda:0..cuda:{count - 1}",
@@ -121,6 +139,16 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
+def check_processes(terms: list[tuple[float, LossTerm]]) -> None:
+    """A TrainingError, under several processes, for loss terms that keep state per training sample (a memory bank,
+    last epoch's predictions): each rank would update only the rows of its own slices."""
+    kept = [t.name for _, t in terms if getattr(t, "per_sample_state", False)]
+    if kept and dist.active():
+        raise TrainingError(f"loss term(s) {', '.join(sorted(set(kept)))} keep state per training sample, which "
+                            f"{dist.world_size()} processes would each update only for their own slices",
+                            "run this recipe in one process (without torchrun or --nproc)")
+
+
 class Trainer:
     """Trains ``model`` on a weighted sum of loss terms, optionally with a frozen ``teacher``.
 
@@ -169,9 +197,18 @@ class Trainer:
         self.best = (0, -1.0)  # (epoch, val accuracy)
         self.best_score = -math.inf  # the task's selection metric, signed so that larger is better
         self.device = torch.device("cpu")
+        self.wrapped: nn.Module | None = None  # while training: ``module``, in DDP under several processes
 
     # ----- checkpoints -------------------------------------------------------------------------
-    def _tensors(self) -> dict[str, torch.Tensor]:
+    def _rng_states(self) -> list[dict[str, torch.Tensor]]:
+        """The RNG state of every rank (one in one process): a checkpoint keeps them all, so each rank resumes exactly
+        (ranks whose slices differ in size draw different amounts of random numbers)."""
+        state = {"rng.torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        return dist.all_gather(state)
+
+    def _tensors(self, rngs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         out.update({f"helpers.{k}": v for k, v in self.helpers.state_dict().items()})
         out.update(optimizer_tensors(self.optimizer, "optim"))
@@ -179,13 +216,13 @@ class Trainer:
             out.update({f"source.{k}": v for k, v in self.batches.state_dict().items()})
             for name, opt in self.batches.optimizers().items():
                 out.update(optimizer_tensors(opt, f"source_optim.{name}"))
-        out["rng.torch"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            out["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        out.update(rngs[0])
+        for r, state in enumerate(rngs[1:], 1):
+            out.update({f"rank{r}.{k}": v for k, v in state.items()})
         return out
 
-    def _save(self, epoch: int, finished: bool) -> None:
-        save_tensors(self.out_dir / "last.safetensors", self._tensors())
+    def _save(self, epoch: int, finished: bool, rngs: list[dict[str, torch.Tensor]]) -> None:
+        save_tensors(self.out_dir / "last.safetensors", self._tensors(rngs))
         state = {
             "label": self.label, "epoch": epoch, "finished": finished, "best_epoch": self.best[0],
             "best_val_accuracy": self.best[1], "best_score": self.best_score, "optimizer": optimizer_json(self.optimizer),
@@ -217,9 +254,11 @@ class Trainer:
                 load_optimizer(opt, tensors, f"source_optim.{name}", state["source_optimizers"][name])
         if self.scheduler and state["scheduler"]:
             self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        own = f"rank{dist.rank()}."  # this rank's state; rank 0's when saved by fewer processes
+        prefix = own if own + "rng.torch" in tensors else ""
+        torch.set_rng_state(tensors[prefix + "rng.torch"])
+        if self.device.type == "cuda" and prefix + "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors[prefix + "rng.cuda"], self.device)
         random.setstate((3, tuple(state["rng_python"]), None))
         self._restore_best(state)
         self._apply_changed_lr()
@@ -274,6 +313,9 @@ class Trainer:
                 raise TrainingError(f"{self.label}: no training data",
                                     "pass a train split, or a batch source (batches=)")
             train = val.take(torch.arange(0))
+        check_processes(self.terms)
+        if not dist.is_main():
+            self.console = Console(quiet=True)  # rank 0 prints the progress
         for cb in self.callbacks:
             cb.on_fit_start(self, train)
         if self.mixup is not None and train.mask is not None:
@@ -285,7 +327,11 @@ class Trainer:
                 self.transfer, torch.full((len(self.transfer),), -1, dtype=train.y.dtype))
             train = train.cat(Split(extra.x, torch.full((len(extra),), -1, dtype=train.y.dtype), extra.mask))
         if self.teacher_source is not None:
-            self.teacher_source.prepare(train, self.console)
+            # A source may write what it prepares (a cache): rank 0 prepares first, the other ranks then read it.
+            dist.from_main(self.teacher_source.prepare, train, self.console)
+            with dist.together():
+                if not dist.is_main():
+                    self.teacher_source.prepare(train, self.console)
         self.device = resolve_device(cfg.device)
         home = module_device(self.model)
         if self.device.type == "cuda":
@@ -308,6 +354,7 @@ class Trainer:
 
     def _fit(self, train: Split, val: Split) -> TrainResult:
         cfg = self.cfg
+        self.val_size = len(val)  # every rank's, though rank 0 alone validates
         self._setup_terms(train)
         self.helpers.to(self.device)  # helpers built by the terms' setup
         self.optimizer = make_optimizer(list(self.module.parameters()), cfg)
@@ -331,29 +378,42 @@ class Trainer:
 
         s_paths = sorted({p for _, t in self.terms for p in t.student_paths})
         t_paths = sorted({p for _, t in self.terms for p in t.teacher_paths})
-        with ExitStack() as stack:
-            s_run = stack.enter_context(FeatureCapture(self.model, s_paths, role="student"))
-            t_run = stack.enter_context(self.teacher_source.open(t_paths)) if self.teacher_source else None
-            for epoch in range(start + 1, cfg.epochs + 1):
-                row = self._epoch(epoch, train, s_run, t_run)
-                row.update(self._validate(val))
-                for cb in self.callbacks:  # the guard first: nothing non-finite is ever saved
-                    cb.on_epoch_end(self, epoch, train, row)
-                dead = row.get("dead_units")
-                self.history.append(row)
-                score = self._signed_score(row)
-                if len(val) == 0 or score > self.best_score:
-                    self.best = (epoch, row["val_accuracy"] if len(val) else float("nan"))
-                    self.best_score = score if len(val) else math.inf
-                    self._save_best()
-                self._save(epoch, finished=epoch == cfg.epochs)
-                self._log(row)
-                if dead:
-                    self.console.print(f"[yellow]{self.label}: {dead}[/]")
+        self.wrapped = dist.wrap(self.module, self.device)  # DDP under several processes, the module itself in one
+        try:
+            with ExitStack() as stack:
+                s_run = stack.enter_context(FeatureCapture(self.model, s_paths, role="student"))
+                t_run = stack.enter_context(self.teacher_source.open(t_paths)) if self.teacher_source else None
+                for epoch in range(start + 1, cfg.epochs + 1):
+                    row = self._epoch(epoch, train, s_run, t_run)
+                    row.update(dist.from_main(self._validate, val))  # rank 0 validates, every rank gets the scores
+                    self._end_epoch(epoch, train, row, len(val))
+        finally:
+            self.wrapped = None  # the DDP wrapper's gradient hooks go with it
         if not (self.out_dir / "best.safetensors").is_file():
             raise CheckpointError(f"{self.label}: no best checkpoint in {self.out_dir}", "delete the folder and rerun")
         self.load_best()
         return self._result()
+
+    def _end_epoch(self, epoch: int, train: Split, row: dict, val_size: int) -> None:
+        """The callbacks (the guard first: nothing non-finite is ever saved), the best epoch, the checkpoints (rank 0
+        writes them) and the epoch's line."""
+        rngs = self._rng_states()
+        with dist.together():
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, train, row)
+            self.history.append(row)
+            score = self._signed_score(row)
+            if val_size == 0 or score > self.best_score:
+                self.best = (epoch, row["val_accuracy"] if val_size else float("nan"))
+                self.best_score = score if val_size else math.inf
+                if dist.is_main():
+                    self._save_best()
+            if dist.is_main():
+                self._save(epoch, finished=epoch == self.cfg.epochs, rngs=rngs)
+        self._log(row)
+        dead = row.get("dead_units")
+        if dead:
+            self.console.print(f"[yellow]{self.label}: {dead}[/]")
 
     def _signed_score(self, row: dict) -> float:
         """The task's selection metric of an epoch's row (``Task.selection``), negated when smaller is better, so
@@ -409,48 +469,75 @@ class Trainer:
             term.start_epoch(epoch, cfg.epochs)
         sums: dict[str, float] = {}
         seen = 0
-        fresh_views = any(cb.changes_inputs for cb in self.callbacks)
         t0 = time.perf_counter()
         with self._bar(f"{self.label} epoch {epoch}/{cfg.epochs}", self.steps_per_epoch) as (bar, task):
             for step in range(self.steps_per_epoch):
-                if self.batches is not None:
-                    batch = self.batches.next_batch(epoch, step)
-                else:
-                    idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                    batch = self.task.collate(train, idx)
-                    for cb in self.callbacks:
-                        batch = cb.on_batch(self, batch)
-                if self.mixup is not None:
-                    batch = self._mix(batch, g)
-                batch = batch.to(self.device)  # batches are cut, shifted and mixed on the CPU, as without a GPU
-                student = s_run.batch(batch)
-                teacher = None
-                if t_run is not None:
-                    with torch.no_grad():
-                        # Shifted inputs change every epoch: the teacher sees the same view, never a cached one.
-                        teacher = t_run(batch if not fresh_views else
-                                        Batch(batch.inputs, batch.y, torch.full_like(batch.index, -1),
-                                              batch.mask)).to(self.device)
-                loss, parts = self._loss(student, teacher, batch, epoch, step)
-                if self.batches is not None:
-                    parts.update({f"source/{k}": float(v) for k, v in self.batches.parts.items()})
+                with dist.together():  # an error on one rank (a NaN loss) stops every rank, before the backward
+                    batch, n, share = self._batch(epoch, step, train, order, g)
+                    # Through the wrapper, so that DDP sees every parameter the step uses (student and helpers).
+                    loss, parts = self.wrapped(run=lambda: self._forward(batch, s_run, t_run, epoch, step))
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * share).backward()  # DDP averages over ranks: the mean over the whole global batch
                 if cfg.grad_clip:
                     nn.utils.clip_grad_norm_(list(self.module.parameters()), cfg.grad_clip)
                 self.optimizer.step()
                 for cb in self.callbacks:
                     cb.on_step_end(self)
                 self.scheduler.step()
-                n = len(batch.x) if self.batches is not None else len(idx)
                 seen += n
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v * n
                 bar.update(task, advance=1, description=f"{self.label} epoch {epoch}/{cfg.epochs} loss {parts['train_loss']:.4f}")
+        sums = dist.sum_over_ranks({**sums, "": float(seen)})  # the epoch's means over every rank's samples
+        seen = sums.pop("")
         row = {"model": self.label, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
         row.update({k: v / seen for k, v in sums.items()})
         row["seconds"] = time.perf_counter() - t0
         return row
+
+    def _batch(self, epoch: int, step: int, train: Split, order: torch.Tensor, g: torch.Generator
+               ) -> tuple[Batch, int, float]:
+        """This rank's part of the step's batch, on the device; how many of the global batch's samples (mixed ones
+        aside) it holds, for the epoch's means; and the factor of its loss that turns DDP's mean over ranks into the
+        mean over the global batch. Every rank cuts, shifts and mixes the same global batch of ``batch_size`` (its
+        random numbers drawn alike) and keeps samples rank, rank + N, ...; in one process, all of it."""
+        if self.batches is not None:
+            batch = self.batches.next_batch(epoch, step)
+        else:
+            idx = order[step * self.cfg.batch_size:(step + 1) * self.cfg.batch_size]
+            batch = self.task.collate(train, idx)
+            for cb in self.callbacks:
+                batch = cb.on_batch(self, batch)
+        unmixed = len(batch)
+        if self.mixup is not None:
+            batch = self._mix(batch, g)
+        world = dist.world_size()
+        if world > 1:
+            total = len(batch)
+            mine = torch.arange(dist.rank(), total, world)
+            share = len(mine) * world / total
+            n = int((mine < unmixed).sum())
+            # A global batch smaller than the world (a last, short one): this rank steps on one sample, weighted 0.
+            batch = batch.take(mine if len(mine) else torch.arange(1))
+            return batch.to(self.device), n, share
+        return batch.to(self.device), unmixed, 1.0  # batches are cut, shifted and mixed on the CPU, as without a GPU
+
+    def _forward(self, batch: Batch, s_run: FeatureCapture, t_run: Callable[[Batch], Outputs] | None, epoch: int,
+                 step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The student's and the teacher's outputs on ``batch`` and the weighted loss with its logged parts."""
+        student = s_run.batch(batch)
+        teacher = None
+        if t_run is not None:
+            with torch.no_grad():
+                # Shifted inputs change every epoch: the teacher sees the same view, never a cached one.
+                fresh_views = any(cb.changes_inputs for cb in self.callbacks)
+                teacher = t_run(batch if not fresh_views else
+                                Batch(batch.inputs, batch.y, torch.full_like(batch.index, -1),
+                                      batch.mask)).to(self.device)
+        loss, parts = self._loss(student, teacher, batch, epoch, step)
+        if self.batches is not None:
+            parts.update({f"source/{k}": float(v) for k, v in self.batches.parts.items()})
+        return loss, parts
 
     def _mix(self, batch: Batch, g: torch.Generator) -> Batch:
         """Append mixed inputs λ·x_i + (1 − λ)·x_j (λ ~ Beta(α, α)) with no label (-1) and no index (-1)."""

@@ -22,6 +22,7 @@ from tinykd.models.hf import require_transformers
 from tinykd.models.registry import register_model
 
 BOS = EOS = 2  # [CLS]: tinykd's end-of-text token
+LM_MODELS = ("gpt", "gpt_char", "gpt_char_small")  # the registered language models (logits over the vocabulary)
 PAD = 0
 SHAPE_FIX = "language models take blocks of token ids shaped (context,): use a text_corpus or prompt_response dataset"
 

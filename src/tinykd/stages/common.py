@@ -11,6 +11,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from .. import distributed as dist
 from ..compress.prune import iterative_prune
 from ..data.spec import DataBundle
 from ..distill.losses import build_loss
@@ -139,7 +140,7 @@ class EnergyTracker:
 
     @contextlib.contextmanager
     def __call__(self, label: str):
-        if not self.recipe.energy.track_training:
+        if not self.recipe.energy.track_training or not dist.is_main():  # several processes: rank 0's alone
             yield
             return
         from ..measure.energy import track_training

@@ -10,6 +10,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from .. import distributed as dist
 from ..data import load_dataset
 from ..data.spec import DataBundle
 from ..distill.callbacks import default_callbacks
@@ -125,22 +126,25 @@ def lm_policy(recipe: Recipe, teacher: nn.Module | None, train, run_dir: Path, c
         from ..distill.lm_policy import sequence_kd_split
 
         path = Path(run_dir) / "student" / "sequence_kd.safetensors"
-        if path.is_file():
-            saved = load_tensors(path)
-            train = Split(saved["x"], saved["y"], saved["mask"])
-        else:
+
+        def generate(train):
             s = d.sequence_kd
             with console.status(f"sequence-level KD: the teacher continues {len(train):,} training prompts"):
                 train = sequence_kd_split(teacher, train, s.prompt_tokens, temperature=s.temperature, top_k=s.top_k,
                                           seed=recipe.seed)
             save_tensors(path, {"x": train.x, "y": train.y, "mask": train.mask})
+
+        if not path.is_file():
+            dist.from_main(generate, train)  # several processes: rank 0 generates, the others read its file
+        saved = load_tensors(path)
+        train = Split(saved["x"], saved["y"], saved["mask"])
         console.print(f"sequence-level KD: the student learns the teacher's continuations of {len(train):,} prompts "
                       f"of {d.sequence_kd.prompt_tokens} tokens")
     if d.on_policy is not None:
         from ..distill.lm_policy import OnPolicy
 
         p = d.on_policy
-        callbacks.append(OnPolicy(p.fraction, p.prompt_tokens, p.temperature, p.top_k))
+        callbacks.append(OnPolicy(p.fraction, p.prompt_tokens, p.temperature, p.top_k, teacher_mix=p.teacher_mix))
     return train, callbacks
 
 

@@ -14,6 +14,7 @@ from ..data.spec import DataBundle
 from ..deploy.onnx import export_onnx
 from ..deploy.preprocess import raw_inputs, with_preprocessing
 from ..distill.schemes import get_scheme
+from ..distill.trainer import check_processes
 from ..errors import RecipeError, TinyKDError
 from ..measure import file_bytes
 from ..recipe import Recipe
@@ -46,6 +47,10 @@ def preflight(recipe: Recipe, bundle: DataBundle, *, teacher: nn.Module | None =
             if loads and cfg.checkpoint:
                 load_checkpoint(model, cfg.checkpoint, where, recipe)
         terms = build_terms(recipe)
+        try:
+            check_processes(terms)  # terms that keep state per sample train in one process
+        except TinyKDError as err:
+            raise RecipeError(err.what, err.fix, where="distill.losses") from None
         if recipe.student.init_layers is not None:  # DistilBERT's initialisation fits the teacher, before it trains
             from .distill import init_student
             init_student(recipe, s_model, t_model if get_scheme(d.scheme).teacher_in_loop else None)

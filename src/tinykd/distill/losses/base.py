@@ -57,6 +57,8 @@ class LossTerm(nn.Module):
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
+    # State kept per training sample (a memory bank, last epoch's predictions): not split over several processes.
+    per_sample_state: ClassVar[bool] = False
     Params: ClassVar[type[Params]] = Params
 
     def __init__(self, params: Params):

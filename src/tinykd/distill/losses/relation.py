@@ -334,6 +334,7 @@ class CRD(RelationTerm):
     name = "crd"
     description = "Contrastive Representation Distillation: NCE against memory banks of all training samples"
     paper = "Tian, Krishnan & Isola 2020, Contrastive Representation Distillation (ICLR), eq. 18–19"
+    per_sample_state = True  # the memory banks
     Params = CRDParams
 
     def setup(self, ctx: SetupContext) -> None:

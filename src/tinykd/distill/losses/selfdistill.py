@@ -137,6 +137,7 @@ class PSKD(LossTerm):
                    "α_t = α_T·t/T (replaces ce)")
     paper = "Kim, Ji, Yoon & Hwang, ICCV 2021, Self-Knowledge Distillation with Progressive Refinement of Targets"
     needs_teacher = False
+    per_sample_state = True  # the bank of previous-epoch predictions
     Params = PSKDParams
 
     def __init__(self, params: PSKDParams):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
+from ... import distributed as dist
 from ...data.augment import shift_batch
 from ...data.spec import Split
 from ...errors import TinyKDError
@@ -458,9 +459,10 @@ class DataFree(Scheme):
         else:
             x, labels = self.synthetic.x[:32], self.synthetic.y[:32].tolist()
         path = self.ctx.run_dir / "figures" / "synthetic_samples.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        method = NAMES[self.d.data_free.method]
-        save_grid(x, path, labels=labels, title=f"{method}: synthetic inputs, titled with the teacher's class")
+        if dist.is_main():  # several processes: rank 0 writes the run's files
+            path.parent.mkdir(parents=True, exist_ok=True)
+            method = NAMES[self.d.data_free.method]
+            save_grid(x, path, labels=labels, title=f"{method}: synthetic inputs, titled with the teacher's class")
         self.facts["samples_figure"] = str(path.relative_to(self.ctx.run_dir))
         return self.facts
 
