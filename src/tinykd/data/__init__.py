@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 # Importing the dataset modules registers their datasets.
-from tinykd.data import bundled, corpus, csv_table, idx, image_folder, npz, wav_folder  # noqa: F401
+from tinykd.data import arithmetic, bundled, corpus, csv_table, idx, image_folder, npz, wav_folder  # noqa: F401
 from tinykd.data.audio import LogMelFrontEnd, log_mel
 from tinykd.data.idx import read_idx
 from tinykd.data.loader import load_dataset, resolve_path
