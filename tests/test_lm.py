@@ -90,6 +90,32 @@ def test_corpus_errors_name_the_fix(tmp_path):
         load_dataset("prompt_response", path=str(bad))
 
 
+def test_byte_level_bpe_decodes_to_the_text_itself_and_other_sub_word_kinds_are_refused(corpus, tmp_path):
+    from tinykd.data.tokenize import TextTokenizer
+
+    text = corpus.read_text()
+    tok = TextTokenizer.train([text], "byte_bpe", 400, lowercase=False)
+    assert tok.vocab_size <= 400 and len(tok.merges) > 0
+    again = TextTokenizer.train([text], "byte_bpe", 400, lowercase=False)
+    assert again.to_dict() == tok.to_dict()  # the vocabulary depends on the text alone
+    unseen = "Zebra naïve — 12\n\n  end\t!"  # characters and bytes the training text never had: no [UNK]
+    for s in (text[:500], unseen):
+        ids = tok._pieces([s])[0]
+        assert 1 not in ids and tok.decode(ids) == s
+    assert len(tok._pieces([text])[0]) < 0.6 * len(text)  # the merges shorten the sequence
+    tok.save(tmp_path / "tok.json")
+    assert TextTokenizer.load(tmp_path / "tok.json")._pieces([unseen]) == tok._pieces([unseen])
+    b = load_dataset("text_corpus", path=str(corpus), tokenizer="byte_bpe", vocab_size=400, context=16)
+    assert b.spec.vocab_size == b.tokenizer.vocab_size and b.tokenizer.kind == "byte_bpe"
+    assert b.tokenizer.decode(b.train.x[0].tolist() + b.train.x[1].tolist()) == text[:len(
+        b.tokenizer.decode(b.train.x[0].tolist() + b.train.x[1].tolist()))]  # contiguous blocks of the text
+    for kind in ("bpe", "wordpiece"):
+        with pytest.raises(DataError, match="(?s)drops the text.s whitespace.*byte_bpe"):
+            load_dataset("text_corpus", path=str(corpus), tokenizer=kind, vocab_size=400)
+    with pytest.raises(DataError, match="at least 260"):
+        load_dataset("text_corpus", path=str(corpus), tokenizer="byte_bpe", vocab_size=100)
+
+
 # ----- task --------------------------------------------------------------------------------------------------------
 def test_evaluate_is_the_per_token_cross_entropy_over_scored_positions():
     torch.manual_seed(0)

@@ -212,7 +212,7 @@ def test_text_folder_and_option_errors(tmp_path: Path, glue_folder: Path) -> Non
     (tmp_path / "docs" / "pos" / "a.txt").write_bytes(b"\xff\xfe")
     with pytest.raises(DataError, match="line 1 is not UTF-8 text"):
         text_folder(tmp_path / "docs")
-    with pytest.raises(DataError, match="option tokenizer must be one of wordpiece, bpe, char, got 'spm'"):
+    with pytest.raises(DataError, match="option tokenizer must be one of wordpiece, bpe, byte_bpe, char, got 'spm'"):
         load_dataset("glue_tsv", path=str(glue_folder), tokenizer="spm")
     with pytest.raises(DataError, match="max_length must be an integer of at least 3 tokens, got 1"):
         load_dataset("glue_tsv", path=str(glue_folder), max_length=1)

@@ -26,7 +26,7 @@ import torch
 from tinykd.data.registry import register_dataset
 from tinykd.data.spec import DataBundle, InputSpec, Split
 from tinykd.data.text import _decode
-from tinykd.data.tokenize import CLS, TextTokenizer, check_settings
+from tinykd.data.tokenize import CLS, LOSSLESS, TextTokenizer, check_settings
 from tinykd.errors import DataError
 
 EOT = CLS  # the end-of-text token of language-model data: [CLS], id 2 in every tinykd vocabulary
@@ -45,6 +45,11 @@ class Corpus:
 def _check_lm_options(tokenizer: object, vocab_size: object, lowercase: object, context: object) -> None:
     if not isinstance(tokenizer, TextTokenizer):
         check_settings(tokenizer, vocab_size, lowercase)
+    kind = tokenizer.kind if isinstance(tokenizer, TextTokenizer) else tokenizer
+    if kind not in LOSSLESS:
+        raise DataError(f"option tokenizer {kind!r} drops the text's whitespace, so a language model trained on its "
+                        "ids could never write text back", "set tokenizer to char or byte_bpe (GPT-2's byte-level BPE, "
+                        "e.g. with vocab_size: 1024)")
     if isinstance(context, bool) or not isinstance(context, int) or not 2 <= context <= MAX_CONTEXT:
         raise DataError(f"option context must be an integer from 2 to {MAX_CONTEXT} tokens, got {context!r}",
                         "set context to e.g. 128 (the tokens a block holds: the model's context window)")
@@ -149,6 +154,7 @@ def corpus_bundle(name: str, corpus: Corpus, resolved: Path | None, options: dic
     given = options["tokenizer"]
     if options.get("tokenizer_path") is not None:
         given = TextTokenizer.load(options["tokenizer_path"])
+        _check_lm_options(given, options["vocab_size"], options["lowercase"], context)
     fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
     if fractions["train"] <= 0:
         raise DataError(f"val_fraction {val_fraction} + test_fraction {test_fraction} leave no training text",

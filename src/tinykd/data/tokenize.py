@@ -1,12 +1,14 @@
 """``TextTokenizer``: sentences to token ids, learnt offline from the training texts and saved with the run as JSON.
 
-Three kinds:
+Four kinds:
 
 - ``wordpiece``: BERT's normalisation and pre-tokenisation, sub-words continued with ``##``;
-- ``bpe``: byte-pair encoding (NFKC, words split on whitespace and punctuation);
+- ``bpe``: byte-pair encoding (NFKC, words split on whitespace and punctuation; the whitespace is dropped);
+- ``byte_bpe``: GPT-2's byte-level byte-pair encoding: the text's UTF-8 bytes as 256 base symbols, words keep their
+  leading space, nothing is dropped, so ``decode(ids)`` gives the text back exactly (what a language model needs);
 - ``char``: one token per character.
 
-Both sub-word kinds run Hugging Face ``tokenizers`` models, but their vocabulary is learnt here by a byte-pair merge
+The sub-word kinds run Hugging Face ``tokenizers`` models, but their vocabulary is learnt here by a byte-pair merge
 loop whose ties are broken by the token strings: the library's own trainers break count ties in hash order, so the
 same texts could give a different vocabulary in another process. Ids: ``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2 (first
 token of every text), ``[SEP]`` 3 (last token, sub-word kinds only); then the characters, then the merges in order.
@@ -24,7 +26,8 @@ import numpy as np
 
 from tinykd.errors import DataError
 
-KINDS = ("wordpiece", "bpe", "char")
+KINDS = ("wordpiece", "bpe", "byte_bpe", "char")
+LOSSLESS = ("byte_bpe", "char")  # the kinds whose ids decode to the text itself (language models need one)
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 PAD, UNK, CLS, SEP = 0, 1, 2, 3
 MIN_FREQUENCY = 2  # a pair seen once is not merged: it would only memorise a word
@@ -47,11 +50,15 @@ def _normalizer(kind: str, lowercase: bool):
     normalizers = _tokenizers().normalizers
     if kind == "wordpiece":  # accents are stripped when lowercasing, as in BERT's uncased models
         return normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
+    if kind == "byte_bpe":  # the bytes as they are: decoding gives the text back
+        return normalizers.Sequence([normalizers.Lowercase()] if lowercase else [])
     return normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()]) if lowercase else normalizers.NFKC()
 
 
 def _pre_tokenizer(kind: str):
     pre_tokenizers = _tokenizers().pre_tokenizers
+    if kind == "byte_bpe":
+        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     return pre_tokenizers.BertPreTokenizer() if kind == "wordpiece" else pre_tokenizers.Whitespace()
 
 
@@ -67,6 +74,8 @@ def _backend(kind: str, lowercase: bool, vocab: Sequence[str], merges: Sequence[
     backend = Tokenizer(model)
     backend.normalizer = _normalizer(kind, lowercase)
     backend.pre_tokenizer = _pre_tokenizer(kind)
+    if kind == "byte_bpe":
+        backend.decoder = _tokenizers().decoders.ByteLevel()
     return backend
 
 
@@ -76,14 +85,16 @@ def _word_counts(texts: Iterable[str], kind: str, lowercase: bool) -> Counter:
     return Counter(word for text in texts for word, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
 
 
-def learn_merges(word_counts: dict[str, int], vocab_size: int, prefix: str = "") -> tuple[list[str], list[tuple[str, str]]]:
+def learn_merges(word_counts: dict[str, int], vocab_size: int, prefix: str = "", alphabet: Iterable[str] = ()
+                 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Byte-pair encoding (Sennrich et al. 2016) on word counts: the vocabulary (special tokens, sorted characters,
     then each merge's token) and the merges in order. The most frequent adjacent pair is merged first; equal counts
     go to the smaller pair of strings, so the result depends on the counts alone. ``prefix`` marks the symbols that
-    continue a word (WordPiece's ``##``). Stops at ``vocab_size`` tokens or when no pair occurs twice."""
+    continue a word (WordPiece's ``##``); ``alphabet`` joins the base symbols even when unseen (byte-level BPE's 256
+bytes). Stops at ``vocab_size`` tokens or when no pair occurs twice."""
     words = [[w[0]] + [prefix + c for c in w[1:]] for w in word_counts]
     counts = list(word_counts.values())
-    vocab = list(SPECIAL) + sorted({s for w in words for s in w})
+    vocab = list(SPECIAL) + sorted({s for w in words for s in w} | set(alphabet))
     known = set(vocab)
     pairs: Counter = Counter()
     where: dict[tuple[str, str], set[int]] = {}
@@ -149,7 +160,7 @@ def check_settings(kind: object, vocab_size: object, lowercase: object, where: s
     """Reject an unknown kind, a vocabulary too small for the special tokens and a non-boolean ``lowercase``."""
     if kind not in KINDS:
         raise DataError(f"{where} tokenizer must be one of {', '.join(KINDS)}, got {kind!r}",
-                        "set tokenizer to wordpiece (the default), bpe or char")
+                        "set tokenizer to wordpiece (the default), bpe, byte_bpe or char")
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 8:
         raise DataError(f"{where} vocab_size must be an integer of at least 8, got {vocab_size!r}",
                         "set vocab_size to e.g. 8000 (wordpiece/bpe) or 256 (char)")
@@ -187,8 +198,13 @@ class TextTokenizer:
         if kind == "char":
             return cls(kind, _char_vocab(texts, vocab_size, lowercase), (), lowercase, vocab_size)
         prefix = PREFIX if kind == "wordpiece" else ""
-        vocab, merges = learn_merges(_word_counts(texts, kind, lowercase), vocab_size, prefix)
-        return cls(kind, vocab, merges if kind == "bpe" else (), lowercase, vocab_size)
+        alphabet = _tokenizers().pre_tokenizers.ByteLevel.alphabet() if kind == "byte_bpe" else ()
+        if kind == "byte_bpe" and vocab_size < len(SPECIAL) + len(alphabet):
+            raise DataError(f"TextTokenizer.train: byte_bpe needs a vocab_size of at least {len(SPECIAL) + len(alphabet)} "
+                            f"(4 special tokens and the 256 bytes), got {vocab_size}",
+                            "set vocab_size to e.g. 1024, or use tokenizer: char")
+        vocab, merges = learn_merges(_word_counts(texts, kind, lowercase), vocab_size, prefix, alphabet)
+        return cls(kind, vocab, merges if kind in ("bpe", "byte_bpe") else (), lowercase, vocab_size)
 
     @property
     def vocab_size(self) -> int:
@@ -200,6 +216,19 @@ class TextTokenizer:
         if self._backend is None:
             return [[self._index.get(c, UNK) for c in (t.lower() if self.lowercase else t)] for t in texts]
         return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of token ids, special tokens dropped: exact for ``char`` and ``byte_bpe``; ``wordpiece`` and
+        ``bpe`` pieces are joined by spaces (their pre-tokenisation dropped the whitespace), WordPiece's ``##``
+        continuations glued back."""
+        special = 3 if self.kind == "char" else len(SPECIAL)  # char vocabularies have no [SEP]
+        ids = [int(i) for i in ids if special <= int(i) < len(self.vocab)]
+        if self.kind == "char":
+            return "".join(self.vocab[i] for i in ids)
+        if self.kind == "byte_bpe":
+            return self._backend.decode(ids, skip_special_tokens=False)
+        text = " ".join(self.vocab[i] for i in ids)
+        return text.replace(" " + PREFIX, "") if self.kind == "wordpiece" else text
 
     def tokens(self, text: str) -> list[str]:
         """The tokens of one text as strings, [CLS] and [SEP] included: what a model sees, for reports."""

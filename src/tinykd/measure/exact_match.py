@@ -32,6 +32,8 @@ class ExactMatch:
 
 def decode_ids(tokenizer: TextTokenizer, ids: Sequence[int]) -> str:
     """Text of generated token ids, [PAD] and [CLS] dropped (characters joined; sub-word pieces by spaces)."""
+    if tokenizer.kind == "byte_bpe":
+        return tokenizer.decode(ids)
     pieces = [tokenizer.vocab[i] if i < len(tokenizer.vocab) else "[UNK]" for i in ids if i not in (PAD, CLS)]
     if tokenizer.kind == "char":
         return "".join(pieces)

@@ -127,15 +127,11 @@ def _prompts(recipe: Recipe, bundle: DataBundle) -> list[torch.Tensor]:
 
 
 def decode(bundle: DataBundle, ids: list[int]) -> str:
-    """Text of token ids (special tokens dropped; sub-word kinds joined by spaces, their marks removed)."""
+    """Text of token ids (``TextTokenizer.decode``: special tokens dropped; exact for char and byte_bpe)."""
     tok = bundle.tokenizer
     if tok is None:
         return " ".join(map(str, ids))
-    pieces = [tok.vocab[i] for i in ids if 3 <= i < len(tok.vocab) or (tok.kind == "char" and i >= 3)]
-    if tok.kind == "char":
-        return "".join(pieces)
-    text = " ".join(pieces)
-    return text.replace(" ##", "") if tok.kind == "wordpiece" else text
+    return tok.decode(ids)
 
 
 def _ort_generate(session, prompt: torch.Tensor, n: int, context: int, temperature: float, top_k: int | None,
