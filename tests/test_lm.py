@@ -306,3 +306,32 @@ def test_causal_lm_example_inputs_and_axes():
     assert ids.shape == (2, 5) and int(ids.min()) >= 3 and int(ids.max()) < 30
     assert task.input_names(spec) == ["input_ids"] and task.dynamic_axes(spec)["logits"] == {0: "batch", 1: "sequence"}
     assert isinstance(_gpt(30, 16, layers=1, heads=1, hidden=8), nn.Module)
+
+
+def test_a_saved_causal_lm_loads_as_hf_path_and_teaches(corpus, tmp_path):
+    import tinykd
+    from tinykd.errors import TinyKDError
+
+    b = load_dataset("text_corpus", path=str(corpus), val_fraction=0.1, test_fraction=0.1, context=32)
+    vocab = b.tokenizer.vocab_size
+    b.tokenizer.save(tmp_path / "tokenizer.json")
+    model = _gpt(vocab, context=32, layers=2, heads=2, hidden=32).eval()
+    model.model.save_pretrained(tmp_path / "lm")  # config.json (GPT2LMHeadModel) + model.safetensors
+    loaded = create_model(f"hf:{tmp_path / 'lm'}", num_classes=vocab, in_shape=(32,), vocab_size=vocab).eval()
+    assert type(loaded).__name__ == "HFCausalLM" and loaded.config.eos_token_id == 2
+    x = b.train.x[:3]
+    torch.testing.assert_close(loaded(x), model(x))  # the same weights, the same logits at every position
+    with pytest.raises(TinyKDError, match=f"(?s)vocabulary of {vocab} tokens.*tokenizer_path"):
+        create_model(f"hf:{tmp_path / 'lm'}", num_classes=vocab + 1, in_shape=(32,), vocab_size=vocab + 1)
+    with pytest.raises(TinyKDError, match="exceeds the model's 32 positions"):
+        create_model(f"hf:{tmp_path / 'lm'}", num_classes=vocab, in_shape=(64,), vocab_size=vocab)
+    from tinykd.recipe import load_recipe
+
+    recipe = _recipe(corpus, tmp_path)
+    recipe = load_recipe({**recipe.model_dump(mode="json", exclude_none=True),
+                          "teacher": {"model": f"hf:{tmp_path / 'lm'}", "train": {"epochs": 1, "batch_size": 16}},
+                          "data": {**recipe.data.model_dump(mode="json", exclude_none=True),
+                                   "options": {"context": 32, "tokenizer_path": str(tmp_path / "tokenizer.json")}}})
+    result = tinykd.run(recipe, progress=False)
+    assert set(result.metrics["variants"]) >= {"teacher", "student", "student_int8"}
+    assert math.isfinite(result.metrics["variants"]["student"]["loss"])

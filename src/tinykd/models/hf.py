@@ -1,9 +1,11 @@
-"""Hugging Face sequence classifiers as tinykd text models.
+"""Hugging Face sequence classifiers and causal language models as tinykd text models.
 
 ``create_model("hf:PATH", ...)`` loads a local ``save_pretrained`` folder (safetensors weights only: a pickle can run
 code when it is loaded); ``from_hf(model)`` wraps a model already built in Python. Either way the result is an
 ``HFClassifier``: ``forward(input_ids, attention_mask)`` returns the logits (B, num_labels), as the text Task calls
-it, and the Hugging Face module is its ``model`` child, so feature paths read ``model.bert.encoder.layer.0``.
+it, and the Hugging Face module is its ``model`` child, so feature paths read ``model.bert.encoder.layer.0``. A folder
+whose config names a causal LM (``...ForCausalLM``, ``...LMHeadModel``) loads as an ``HFCausalLM`` instead: logits
+over its vocabulary at every position, for the ``causal_lm`` task; its vocabulary must be the data's.
 
 transformers is imported only when a model is built; without it the error names the extra to install.
 """
@@ -125,8 +127,48 @@ def _check_folder(folder: Path) -> None:
                           "save the model with model.save_pretrained(folder)")
 
 
+def _causal_lm(config) -> bool:
+    """Whether a saved config is a causal language model's (``architectures`` names a ...ForCausalLM or
+    ...LMHeadModel class, as ``save_pretrained`` of such a model writes it)."""
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (getattr(config, "architectures", None) or []))
+
+
+def _load_causal_lm(transformers, folder: Path, config, num_classes: int, in_shape: tuple[int, ...], vocab_size: int,
+                    new_head: bool) -> nn.Module:
+    """A saved causal LM as an ``HFCausalLM`` (logits over its vocabulary at every position): its vocabulary must be
+    the data's, token for token, since the ids mean the tokens of the tokenizer it learnt with."""
+    from tinykd.models.gpt import BOS, HFCausalLM
+
+    if new_head:
+        raise TinyKDError(f"'{folder}' holds a causal language model, whose output layer is its vocabulary",
+                          "drop new_head (it gives a sequence classifier a fresh head)")
+    if len(in_shape) != 1:
+        raise TinyKDError(f"takes blocks of token ids shaped (context,), got in_shape {tuple(in_shape)}",
+                          "use a text_corpus or prompt_response dataset")
+    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if positions is not None and in_shape[0] > positions:
+        raise TinyKDError(f"the data's context of {in_shape[0]} tokens exceeds the model's {positions} positions",
+                          f"set the dataset's context option to at most {positions}")
+    model_vocab = getattr(config, "vocab_size", None)
+    data_vocab = vocab_size or num_classes
+    if model_vocab is not None and model_vocab != data_vocab:
+        raise TinyKDError(f"the language model in '{folder}' has a vocabulary of {model_vocab} tokens, the data's "
+                          f"tokenizer {data_vocab}", "tokenize the data with the tokenizer the model learnt with: "
+                          "data.options.tokenizer_path (the tokenizer.json of the run that trained it)")
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True, attn_implementation="eager", dtype=torch.float32)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise TinyKDError(f"cannot load the model in '{folder}': {exc}",
+                          "save it again with model.save_pretrained(folder)") from None
+    for key in ("bos_token_id", "eos_token_id"):  # tinykd's end-of-text token when the config names none
+        if getattr(model.config, key, None) is None:
+            setattr(model.config, key, BOS)
+    return HFCausalLM(model)
+
+
 def create_hf(name: str, *, num_classes: int, in_shape: tuple[int, ...], vocab_size: int = 0,
-              new_head: bool = False) -> HFClassifier:
+              new_head: bool = False) -> nn.Module:
     """Load the sequence classifier saved at ``hf:PATH`` for ``num_classes`` classes and token ids shaped
     ``(max_length,)``. ``vocab_size``: the data's number of token ids, checked against the embedding table.
     ``new_head``: replace (or add) the classification head with a fresh one of ``num_classes`` outputs (a student
@@ -140,6 +182,8 @@ def create_hf(name: str, *, num_classes: int, in_shape: tuple[int, ...], vocab_s
         raise TinyKDError(f"cannot read the config in '{folder}': {exc}",
                           "save the model with a transformers version that knows its model_type "
                           "(custom code is never run)") from None
+    if _causal_lm(config):
+        return _load_causal_lm(transformers, folder, config, num_classes, in_shape, vocab_size, new_head)
     if type(config) not in transformers.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
         raise TinyKDError(f"'{folder}' holds a {config.model_type!r} model, which has no sequence-classification "
                           "form in transformers", "use an encoder such as BERT, DistilBERT or RoBERTa")
