@@ -22,6 +22,7 @@ from rich.console import Console
 from torch import nn
 
 from . import distributed as dist
+from .tracking import tracking
 from .data.spec import DataBundle
 from .distill.trainer import resolve_device
 from .io import write_json
@@ -74,7 +75,10 @@ def run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: bool = Fal
         bundle = opened.get("bundle") or data or load_data(
             recipe, console, tokenizer_path=run_dir / TOKENIZER if (run_dir / TOKENIZER).is_file() else None)
     try:
-        result = _stages(recipe, run_dir, bundle, teacher, student, console, progress, t_start)
+        with tracking(recipe, run_dir) as tracker:
+            result = _stages(recipe, run_dir, bundle, teacher, student, console, progress, t_start)
+            if tracker is not None:
+                tracker.log_final(result.metrics)
     except BaseException as err:
         interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
         if dist.is_main():

@@ -419,6 +419,16 @@ class SearchConfig(_Section):
         return [v] if isinstance(v, (dict, str)) else v
 
 
+class TrackingConfig(_Section):
+    """Optional experiment tracking (``tinykd.tracking``): every epoch, the final metrics and the run's files to
+    MLflow and/or TensorBoard, by default inside the run folder."""
+
+    mlflow: bool = False
+    mlflow_uri: str | None = None  # default: sqlite:///<run>/mlflow/mlflow.db
+    experiment: str | None = None  # default: the recipe's name
+    tensorboard: bool = False  # event files in <run>/tensorboard
+
+
 class Recipe(_Section):
     """Every setting of one tinykd run."""
 
@@ -436,6 +446,7 @@ class Recipe(_Section):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     search: SearchConfig | None = None  # `tinykd search` only
     base_dir: str | None = Field(None, exclude=True)  # folder of the recipe file, for relative paths
 

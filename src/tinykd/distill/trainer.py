@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from .. import distributed as dist
+from .. import tracking
 from ..data.spec import Split
 from ..errors import CheckpointError, TrainingError
 from ..inference import module_device
@@ -411,6 +412,7 @@ class Trainer:
             if dist.is_main():
                 self._save(epoch, finished=epoch == self.cfg.epochs, rngs=rngs)
         self._log(row)
+        tracking.log_epoch(self.label, row)  # MLflow / TensorBoard, when the run tracks (rank 0's trainer alone)
         dead = row.get("dead_units")
         if dead:
             self.console.print(f"[yellow]{self.label}: {dead}[/]")

@@ -18,34 +18,13 @@ from torch import nn
 
 from tinykd.errors import TinyKDError
 from tinykd.models.checks import check_dropout, check_in_shape, check_int
-from tinykd.models.hf import require_transformers
+from tinykd.models.hf import HFCausalLM, require_transformers  # noqa: F401 (HFCausalLM: re-exported)
 from tinykd.models.registry import register_model
 
 BOS = EOS = 2  # [CLS]: tinykd's end-of-text token
 LM_MODELS = ("gpt", "gpt_char", "gpt_char_small")  # the registered language models (logits over the vocabulary)
 PAD = 0
 SHAPE_FIX = "language models take blocks of token ids shaped (context,): use a text_corpus or prompt_response dataset"
-
-
-class HFCausalLM(nn.Module):
-    """A Hugging Face causal LM called as ``model(input_ids)`` that returns the logits tensor (B, T, vocab)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def context(self) -> int:
-        """The longest input the position embedding takes."""
-        return int(getattr(self.config, "n_positions", 0) or getattr(self.config, "max_position_embeddings", 0))
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # input_ids (B, T) int64, padding only on the right (causal attention keeps it from real positions)
-        return self.model(input_ids=input_ids, use_cache=False, return_dict=True).logits
 
 
 def build_gpt(in_shape: tuple[int, ...], num_classes: int, *, vocab_size: int, layers: int, heads: int, hidden: int,

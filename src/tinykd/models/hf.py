@@ -18,6 +18,7 @@ from torch import nn
 
 from tinykd.errors import TinyKDError
 
+END_TOKEN = 2  # [CLS]: tinykd's end-of-text token (models.gpt.BOS / EOS)
 HF_PREFIX = "hf:"  # model names that are local Hugging Face folders rather than registered builders
 TEXT_EXTRA = "pip install 'tinykd[text]'"
 # The tunable arguments of an hf: model (create_model checks a recipe's kwargs against them).
@@ -72,6 +73,27 @@ class HFClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         # input_ids, attention_mask: (B, L) int64, mask 1 on tokens and 0 on padding -> logits (B, num_labels)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).logits
+
+
+class HFCausalLM(nn.Module):
+    """A Hugging Face causal LM called as ``model(input_ids)`` that returns the logits tensor (B, T, vocab)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def context(self) -> int:
+        """The longest input the position embedding takes."""
+        return int(getattr(self.config, "n_positions", 0) or getattr(self.config, "max_position_embeddings", 0))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids (B, T) int64, padding only on the right (causal attention keeps it from real positions)
+        return self.model(input_ids=input_ids, use_cache=False, return_dict=True).logits
 
 
 def _is_classifier(model: nn.Module) -> bool:
@@ -137,8 +159,6 @@ def _load_causal_lm(transformers, folder: Path, config, num_classes: int, in_sha
                     new_head: bool) -> nn.Module:
     """A saved causal LM as an ``HFCausalLM`` (logits over its vocabulary at every position): its vocabulary must be
     the data's, token for token, since the ids mean the tokens of the tokenizer it learnt with."""
-    from tinykd.models.gpt import BOS, HFCausalLM
-
     if new_head:
         raise TinyKDError(f"'{folder}' holds a causal language model, whose output layer is its vocabulary",
                           "drop new_head (it gives a sequence classifier a fresh head)")
@@ -163,7 +183,7 @@ def _load_causal_lm(transformers, folder: Path, config, num_classes: int, in_sha
                           "save it again with model.save_pretrained(folder)") from None
     for key in ("bos_token_id", "eos_token_id"):  # tinykd's end-of-text token when the config names none
         if getattr(model.config, key, None) is None:
-            setattr(model.config, key, BOS)
+            setattr(model.config, key, END_TOKEN)
     return HFCausalLM(model)
 
 

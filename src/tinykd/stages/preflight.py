@@ -31,6 +31,9 @@ def preflight(recipe: Recipe, bundle: DataBundle, *, teacher: nn.Module | None =
     whose files exist, and the int8 student fits ``deploy.target_board``. The global RNG is left as it was."""
     spec, d = bundle.spec, recipe.distill
     console = console or Console(quiet=True)
+    from ..tracking import check as check_tracking
+
+    check_tracking(recipe)  # a tracker asked for and not installed
     if spec.modality == "text":
         _check_text_recipe(recipe)
     if spec.task == "causal_lm":
