@@ -7,6 +7,8 @@ perplexity, the share of the scratch-to-teacher gap closed, the int8 artifact's 
     python benchmarks/lm.py                 # from the repository root; ~1 h on 2 cores; writes results/lm_shakespeare.md
     python benchmarks/lm.py --only scratch_fkl rkl   # a subset (the first run trains the teacher every other reuses)
 
+Variants whose folder under --out-root holds a complete run are read back, not trained again (--rerun trains them).
+
 The recipe reads ../shared/data: run it from a checkout that is a sibling of shared/.
 """
 from __future__ import annotations
@@ -36,10 +38,13 @@ VARIANTS = {
     "gkd": ["distill.losses=[{name: jsd, beta: 0.5}]",
             "distill.on_policy={fraction: 0.5, prompt_tokens: 32, temperature: 1.0}"],
     "seqkd": ["distill.losses=[{name: ce}]", "distill.sequence_kd={prompt_tokens: 32}"],
+    "minillm": ["distill.losses=[{name: minillm, teacher_mix: 0.2}]",
+                "distill.on_policy={fraction: 0.5, prompt_tokens: 32, temperature: 1.0, teacher_mix: 0.2}"],
 }
 LABELS = {"student_scratch": "from scratch (labels only)", "scratch_fkl": "forward KL + labels (kd, α 0.5)",
           "rkl": "reverse KL + labels (reverse_kd, α 0.5)", "jsd": "JSD(0.5), off-policy",
-          "gkd": "on-policy GKD: JSD(0.5), λ 0.5", "seqkd": "sequence-level KD (teacher's greedy text, ce)"}
+          "gkd": "on-policy GKD: JSD(0.5), λ 0.5", "seqkd": "sequence-level KD (teacher's greedy text, ce)",
+          "minillm": "MiniLLM: policy gradient, teacher mix 0.2, λ 0.5 (+ ce on corpus batches)"}
 
 
 def run_variant(name: str, out_root: Path, teacher_ckpt: Path | None, threads: int) -> dict:
@@ -53,6 +58,22 @@ def run_variant(name: str, out_root: Path, teacher_ckpt: Path | None, threads: i
             "seconds": time.perf_counter() - t0}
 
 
+def load_variant(name: str, out_root: Path) -> dict | None:
+    """A variant whose run folder holds a complete run: its metrics and history, read back (nothing re-runs)."""
+    import csv
+
+    folder = out_root / name
+    status = folder / "status.json"
+    if not status.is_file() or json.loads(status.read_text()).get("status") != "complete":
+        return None
+    with open(folder / "history.csv", newline="") as f:
+        history = [{k: (v if k == "model" else float(v)) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    for row in history:
+        row["epoch"] = int(row["epoch"])
+    return {"metrics": json.loads((folder / "metrics.json").read_text()), "history": history, "run_dir": folder,
+            "seconds": float("nan")}
+
+
 def _rows(history: list[dict], model: str) -> list[dict]:
     return [r for r in history if r.get("model") == model]
 
@@ -62,11 +83,16 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=list(VARIANTS))
     p.add_argument("--out-root", default=str(ROOT.parent / "lm_bench_runs"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rerun", action="store_true", help="train variants whose folder holds a complete run again")
     args = p.parse_args()
     out_root = Path(args.out_root)
     results = {}
     base = out_root / "scratch_fkl"
     for name in args.only:
+        done = None if args.rerun else load_variant(name, out_root)
+        if done is not None:  # finished by an earlier call: read back
+            results[name] = done
+            continue
         ckpt = None if name == "scratch_fkl" else base / "teacher" / "best.safetensors"
         results[name] = run_variant(name, out_root, ckpt, args.threads)
         print(f"{name}: test loss {results[name]['metrics']['variants']['student']['loss']:.4f} "
@@ -84,7 +110,7 @@ def write_table(results: dict, args) -> None:
     lines = [
         "# Language-model distillation: tiny-shakespeare, character level",
         "",
-        f"Command: `python benchmarks/lm.py --threads {args.threads}` · commit {commit} · "
+        f"Command: `python benchmarks/lm.py {' '.join(sys.argv[1:])}` · commit {commit} · "
         f"{dt.date.today().isoformat()} · {os.cpu_count()} cores, training at {args.threads} thread(s) per run · "
         f"load average at the end {os.getloadavg()[0]:.1f} (other jobs ran on the machine)",
         "",
