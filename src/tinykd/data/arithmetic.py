@@ -31,14 +31,12 @@ its students always share token ids.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinykd.data.corpus import Corpus, _check_lm_options
+from tinykd.data.corpus import Corpus, _check_lm_options, read_pairs
 from tinykd.data.registry import register_dataset
-from tinykd.data.text import _decode
 from tinykd.data.tokenize import SPECIAL, TextTokenizer
 from tinykd.errors import DataError
 
@@ -125,22 +123,10 @@ def make_problems(digits: int = 3, test_digits: int = 4, n_train: int = 10000, n
 
 
 def read_rationales(path: Path) -> dict[str, str]:
-    """Prompt → response of a JSON-lines file of ``{"prompt", "response"}`` (the teacher's generations)."""
-    out = {}
-    for line_no, line in enumerate(_decode(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as err:
-            raise DataError(f"line {line_no} is not JSON ({err})", "write one JSON object per line",
-                            where=str(path)) from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("prompt", "response")):
-            raise DataError(f"line {line_no} needs string fields \"prompt\" and \"response\"",
-                            'write lines like {"prompt": "47+38=", "response": "7+8+0=15,4+3+1=08#85"}',
-                            where=str(path))
-        out[row["prompt"]] = row["response"]
-    return out
+    """Prompt → response of a JSON-lines file of ``{"prompt", "response"}`` (the teacher's generations, an empty one
+    kept as it is)."""
+    return dict(read_pairs(path, example='{"prompt": "47+38=", "response": "7+8+0=15,4+3+1=08#85"}',
+                           empty_responses=True, allow_none=True))
 
 
 def _int(name: str, value: object, lo: int, hi: int, example: int) -> int:

@@ -74,7 +74,10 @@ def text_corpus(path: Path, *, tokenizer: str | TextTokenizer = "char", vocab_si
     return Corpus(text=text, files=[str(f) for f in files])
 
 
-def _pairs(file: Path) -> list[tuple[str, str]]:
+def read_pairs(file: Path, *, example: str = '{"prompt": "2+3=", "response": "5"}', empty_responses: bool = False,
+               allow_none: bool = False) -> list[tuple[str, str]]:
+    """The (prompt, response) pairs of a JSON-lines file of ``{"prompt", "response"}`` objects; a line that is not
+    one is an error naming it, as are (unless allowed) an empty response and a file without pairs."""
     out = []
     for line_no, line in enumerate(_decode(file).splitlines(), 1):
         if not line.strip():
@@ -86,12 +89,12 @@ def _pairs(file: Path) -> list[tuple[str, str]]:
                             where=str(file)) from None
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("prompt", "response")):
             raise DataError(f"line {line_no} needs string fields \"prompt\" and \"response\"",
-                            'write lines like {"prompt": "2+3=", "response": "5"}', where=str(file))
-        if not row["response"]:
+                            f"write lines like {example}", where=str(file))
+        if not row["response"] and not empty_responses:
             raise DataError(f"line {line_no} has an empty response", "give every prompt its response",
                             where=str(file))
         out.append((row["prompt"], row["response"]))
-    if not out:
+    if not out and not allow_none:
         raise DataError("the file holds no prompt/response pairs", "write one JSON object per line", where=str(file))
     return out
 
@@ -102,9 +105,9 @@ def prompt_response(path: Path, *, tokenizer: str | TextTokenizer = "char", voca
                     lowercase: bool = False, context: int = 128, tokenizer_path: Path | None = None,
                     test_path: Path | None = None) -> Corpus:
     _check_lm_options(tokenizer, vocab_size, lowercase, context)
-    parts = {"train": _pairs(path)}
+    parts = {"train": read_pairs(path)}
     if test_path is not None:
-        parts["test"] = _pairs(test_path)
+        parts["test"] = read_pairs(test_path)
     return Corpus(pairs=parts, files=[str(path)] + ([str(test_path)] if test_path else []))
 
 

@@ -57,9 +57,8 @@ def _import_quietly() -> None:
             lg.setLevel(level)
 
 
-class HFClassifier(nn.Module):
-    """A Hugging Face ``...ForSequenceClassification`` model called as ``model(input_ids, attention_mask)`` that
-    returns the logits tensor (never a ``ModelOutput`` or a loss)."""
+class _HFModel(nn.Module):
+    """A Hugging Face model as the child ``model``, so feature paths read ``model.<its modules>``."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -70,21 +69,18 @@ class HFClassifier(nn.Module):
         """The Hugging Face config (num_labels, hidden_size, ...); ``self.model.save_pretrained`` writes it back."""
         return self.model.config
 
+
+class HFClassifier(_HFModel):
+    """A Hugging Face ``...ForSequenceClassification`` model called as ``model(input_ids, attention_mask)`` that
+    returns the logits tensor (never a ``ModelOutput`` or a loss)."""
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         # input_ids, attention_mask: (B, L) int64, mask 1 on tokens and 0 on padding -> logits (B, num_labels)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).logits
 
 
-class HFCausalLM(nn.Module):
+class HFCausalLM(_HFModel):
     """A Hugging Face causal LM called as ``model(input_ids)`` that returns the logits tensor (B, T, vocab)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    @property
-    def config(self):
-        return self.model.config
 
     @property
     def context(self) -> int:
