@@ -285,6 +285,21 @@ def test_reviewkd_matches_top_down_fusion_and_hierarchical_context_loss(last):
     assert [term.parts[k].item() for k in ("s0", "s1", "s2")] == pytest.approx(per_stage, rel=1e-9)
 
 
+def test_reviewkd_warmup_scales_the_loss_by_epoch_over_warmup_epochs():
+    s = {"s0": _rand(4, 3, 8, 8), "s1": _rand(4, 4, 4, 4, seed=1)}
+    t = {"t0": _rand(4, 6, 4, 4, seed=3), "t1": _rand(4, 7, 4, 4, seed=4)}
+    pairs = [["s0", "t0"], ["s1", "t1"]]
+    plain = _setup("reviewkd", {"pairs": pairs, "mid_channels": 6}, s, t)
+    full = _call(plain, s, t).item()
+    warm = _setup("reviewkd", {"pairs": pairs, "mid_channels": 6, "warmup_epochs": 4}, s, t)
+    warm.load_state_dict(plain.state_dict())  # the same ABFs
+    for epoch, factor in [(1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)]:
+        warm.start_epoch(epoch, 10)
+        assert _call(warm, s, t).item() == pytest.approx(factor * full, rel=1e-12)
+    plain.start_epoch(1, 10)
+    assert _call(plain, s, t).item() == pytest.approx(full, rel=1e-12)  # no warm-up: the paper's constant weight
+
+
 def test_reviewkd_hcl_weights_and_skipped_levels():
     from tinykd.distill.losses.review import hcl
     a, b = _rand(2, 3, 8, 8), _rand(2, 3, 8, 8, seed=1)
