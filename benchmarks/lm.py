@@ -38,12 +38,14 @@ VARIANTS = {
     "gkd": ["distill.losses=[{name: jsd, beta: 0.5}]",
             "distill.on_policy={fraction: 0.5, prompt_tokens: 32, temperature: 1.0}"],
     "seqkd": ["distill.losses=[{name: ce}]", "distill.sequence_kd={prompt_tokens: 32}"],
+    "seqkd_t1": ["distill.losses=[{name: ce}]", "distill.sequence_kd={prompt_tokens: 32, temperature: 1.0}"],
     "minillm": ["distill.losses=[{name: minillm, teacher_mix: 0.2}]",
                 "distill.on_policy={fraction: 0.5, prompt_tokens: 32, temperature: 1.0, teacher_mix: 0.2}"],
 }
 LABELS = {"student_scratch": "from scratch (labels only)", "scratch_fkl": "forward KL + labels (kd, α 0.5)",
           "rkl": "reverse KL + labels (reverse_kd, α 0.5)", "jsd": "JSD(0.5), off-policy",
           "gkd": "on-policy GKD: JSD(0.5), λ 0.5", "seqkd": "sequence-level KD (teacher's greedy text, ce)",
+          "seqkd_t1": "sequence-level KD (teacher's text sampled at T 1, ce)",
           "minillm": "MiniLLM: policy gradient, teacher mix 0.2, λ 0.5 (+ ce on corpus batches)"}
 
 
