@@ -15,15 +15,12 @@ recomputing the window each step; the prompt positions are never scored (label -
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.spec import Split
 from ..errors import TinyKDError
-from ..tasks.causal_lm import CausalLM, sample_next
+from ..tasks.causal_lm import CausalLM, sample_next, sampling_probs
 from ..types import Batch
 from .callbacks import Callback
 
@@ -56,18 +53,6 @@ class _Decoder:
         nxt = nxt.to(self.ids.device)
         self.ids = torch.cat([self.ids, nxt[:, None]], 1)
         self.pending = nxt
-
-
-def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
-    """(B, V) the distribution ``sample_next`` draws from: softmax(logits / temperature) over the ``top_k`` most
-    likely tokens, or one-hot on the argmax at temperature 0."""
-    if temperature <= 0:
-        return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    return torch.softmax(logits, -1)
 
 
 @torch.no_grad()

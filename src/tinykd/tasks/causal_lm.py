@@ -105,13 +105,21 @@ class CausalLM(Task):
         return ids.cpu()
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> torch.Tensor:
-    """The next token of each row of ``logits`` (B, V): the argmax at temperature 0, else a sample of
-    softmax(logits / temperature) over the ``top_k`` most likely tokens (all when None)."""
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
+    """(B, V) the distribution ``sample_next`` draws from: softmax(logits / temperature) over the ``top_k`` most
+    likely tokens (all when None), or one-hot on the argmax at temperature 0."""
     if temperature <= 0:
-        return logits.argmax(-1)
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+    return torch.softmax(logits, -1)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> torch.Tensor:
+    """The next token of each row of ``logits`` (B, V): the argmax at temperature 0 (no random number drawn), else a
+    sample of ``sampling_probs``."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    return torch.multinomial(sampling_probs(logits, temperature, top_k), 1, generator=generator)[:, 0]
